@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .atomic import full_suffix
-from .volumes import check_finite, check_volume, read_image, sitk_reason, write_volume
+from .volumes import check_finite, check_volume, error_reason, read_image, write_volume
 
 #: Suffixes :func:`write_label_channels` writes (4D NIfTI, or NRRD with one vector component per channel).
 CHANNEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
@@ -34,7 +34,7 @@ def _split_4d(image: sitk.Image, subject: str) -> list[sitk.Image]:
         return [sitk.Extract(image, size[:3] + [0], [0, 0, 0, c],
                              sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX) for c in range(size[3])]
     except RuntimeError as error:
-        raise InputError(f"{subject}: cannot split into 3D channels: {sitk_reason(error)}") from None
+        raise InputError(f"{subject}: cannot split into 3D channels: {error_reason(error)}") from None
 
 
 def _split_values(image: sitk.Image, subject: str) -> list[sitk.Image]:

@@ -20,6 +20,7 @@ import slicerio
 from ..errors import InputError
 from .atomic import atomic_output, full_suffix
 from .labels import as_label_map
+from .volumes import error_reason
 
 #: Colour of the prostate gland segment (RGB, 0..1).
 GLAND_COLOR = (0.85, 0.70, 0.60)
@@ -98,12 +99,24 @@ def write_seg_nrrd(label_map: sitk.Image, path: str | os.PathLike, segments: Seq
     return path
 
 
+def _image_from_ijk(voxels: np.ndarray, ijk_to_lps: np.ndarray) -> sitk.Image:
+    """The image of ``voxels`` indexed (i, j, k) whose voxel -> LPS mm matrix is ``ijk_to_lps`` (4×4)."""
+    if voxels.ndim != 3:
+        raise ValueError(f"{voxels.shape[0]} layers of overlapping segments do not fit in one label map")
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose(2, 1, 0)))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
+    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+    return image
+
+
 def read_seg_nrrd(path: str | os.PathLike) -> tuple[sitk.Image, list[Segment]]:
     """Read a Slicer ``.seg.nrrd`` as (3D label map in LPS mm, its segments).
 
     Raises:
-        InputError: missing or unreadable file, or overlapping segments stored in several layers (a single
-            label map cannot hold them).
+        InputError: missing or unreadable file, a segment without name, label value or colour, or
+            overlapping segments stored in several layers (one label map cannot hold them).
     """
     path = Path(path)
     if not path.is_file():
@@ -111,16 +124,7 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[sitk.Image, list[Segment]]:
     try:
         segmentation = slicerio.read_segmentation(str(path))
         segments = [Segment(s["name"], int(s["labelValue"]), tuple(s["color"])) for s in segmentation["segments"]]
-    except Exception as error:  # pynrrd/slicerio raise assorted errors; a missing Segment field is a KeyError
-        raise InputError(f"segmentation {path}: cannot read as a Slicer segmentation: {error}") from None
-    voxels = segmentation["voxels"]
-    if voxels.ndim != 3:
-        raise InputError(f"segmentation {path}: {voxels.shape[0]} overlapping layers; "
-                         "cannot read them as one label map")
-    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose(2, 1, 0)))
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
-    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+        image = _image_from_ijk(segmentation["voxels"], np.asarray(segmentation["ijkToLPS"], dtype=float))
+    except Exception as error:  # pynrrd, slicerio and SimpleITK raise assorted errors; a missing field is a KeyError
+        raise InputError(f"segmentation {path}: cannot read as a Slicer label map: {error_reason(error)}") from None
     return as_label_map(image, f"segmentation {path}"), segments

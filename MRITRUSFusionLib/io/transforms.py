@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .atomic import atomic_output, full_suffix
-from .volumes import sitk_reason
+from .volumes import error_reason
 
 #: Suffixes of text transform files, which hold linear transforms only.
 LINEAR_SUFFIXES = (".tfm", ".txt")
@@ -105,9 +105,9 @@ def read_transform(path: str | os.PathLike, *, name: str = "transform") -> sitk.
     try:
         transform = sitk.ReadTransform(str(path)).Downcast()
     except RuntimeError as error:
-        reason = sitk_reason(error)
+        reason = error_reason(error)
         if "Could not create Transform IO object" in reason:
             reason = f"not an ITK transform file (expected {', '.join(TRANSFORM_SUFFIXES)})"
-        raise InputError(f"{subject}: {reason}") from None
+        raise InputError(f"{subject}: cannot read as a transform: {reason}") from None
     _check_3d(transform, subject)
     return transform

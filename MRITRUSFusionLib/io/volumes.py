@@ -22,8 +22,8 @@ from .atomic import atomic_output, full_suffix
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
-def sitk_reason(error: RuntimeError) -> str:
-    """The one-line cause inside a multi-line SimpleITK/ITK exception message."""
+def error_reason(error: Exception) -> str:
+    """The one-line cause of ``error``; for a multi-line SimpleITK/ITK exception, the line after ``ERROR:``."""
     match = re.search(r"ERROR: (?:\w+\(0x[0-9a-fA-F]+\): )?(.+)", str(error))
     return match.group(1).strip() if match else str(error).strip().splitlines()[-1]
 
@@ -61,7 +61,7 @@ def read_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Image:
             return _read_dicom_series(path, subject)
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise InputError(f"{subject}: cannot read as an image: {sitk_reason(error)}") from None
+        raise InputError(f"{subject}: cannot read as an image: {error_reason(error)}") from None
     if full_suffix(path) in (".nii", ".nii.gz"):
         _check_nifti_finite(path, subject)
     return image
