@@ -38,11 +38,11 @@ def _split_4d(image: sitk.Image, subject: str) -> list[sitk.Image]:
 
 
 def _split_values(image: sitk.Image, subject: str) -> list[sitk.Image]:
-    """One mask per label value 1..K of an integer label map (channel k-1 = voxels equal to k)."""
+    """One 0/1 ``uint8`` mask per label value 1..K of an integer label map (channel k-1 = voxels equal to k)."""
     voxels = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(voxels.dtype, np.integer):
         raise InputError(f"{subject}: split_labels needs an integer label map, got {image.GetPixelIDTypeAsString()}")
-    return [sitk.Cast(image == value, sitk.sitkUInt8) for value in range(1, int(voxels.max(initial=0)) + 1)]
+    return [image == value for value in range(1, int(voxels.max(initial=0)) + 1)]
 
 
 def read_label_channels(path: str | os.PathLike, *, name: str = "label",
