@@ -61,7 +61,9 @@ def test_affine_statistics():
 
 
 def folding_field(grid, folded_slices):
-    """u_x = -2 (x - x0) on the first ``folded_slices`` z-slices, 0 elsewhere: det J = 1 + du_x/dx = -1 there, 1 elsewhere."""
+    """u_x = -2 (x - x0) on the first ``folded_slices`` z-slices, 0 elsewhere.
+
+    det J = 1 + du_x/dx: -1 on those slices, 1 elsewhere."""
     size = grid.GetSize()
     field = np.zeros((size[2], size[1], size[0], 3))
     x_mm = np.arange(size[0]) * grid.GetSpacing()[0]

@@ -34,7 +34,8 @@ def blob(shape, seed):
     rng = np.random.default_rng(seed)
     array = np.zeros(shape, np.int32)
     start = rng.integers(0, 4, size=3)
-    array[start[0] : start[0] + 5, start[1] : start[1] + 4, start[2] : start[2] + 6] = rng.integers(0, 3, size=(5, 4, 6))
+    region = (slice(start[0], start[0] + 5), slice(start[1], start[1] + 4), slice(start[2], start[2] + 6))
+    array[region] = rng.integers(0, 3, size=(5, 4, 6))
     array[tuple(start)] = 2  # never empty
     return array
 

@@ -114,7 +114,9 @@ def test_hd95_and_asd_match_monai(pair, geometry):
     r = torch.as_tensor(ref_array, dtype=torch.float32)[None, None]
     spacing_zyx = list(GEOMETRIES[geometry]["spacing"][::-1])  # MONAI spacing follows the array axes
     monai_hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=spacing_zyx))
-    monai_asd = float(compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=spacing_zyx))
+    monai_asd = float(
+        compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=spacing_zyx)
+    )
     assert hausdorff95_mm(pred, ref) == pytest.approx(monai_hd95, rel=1e-5, abs=1e-5)
     assert average_surface_distance_mm(pred, ref) == pytest.approx(monai_asd, rel=1e-5, abs=1e-5)
 
@@ -156,7 +158,9 @@ def test_hd100_of_translated_boxes_matches_simpleitk_on_masks(shift_zyx):
 def test_oblique_direction_and_origin_do_not_change_distances():
     pred_array, ref_array = mask_pairs()["shifted_ellipsoids"]
     straight = [mask_image(a, spacing=(0.8, 1.3, 0.5)) for a in (pred_array, ref_array)]
-    oblique = [mask_image(a, spacing=(0.8, 1.3, 0.5), direction=OBLIQUE, origin=(-30, 2, 5)) for a in (pred_array, ref_array)]
+    oblique = [
+        mask_image(a, spacing=(0.8, 1.3, 0.5), direction=OBLIQUE, origin=(-30, 2, 5)) for a in (pred_array, ref_array)
+    ]
     for s, o in zip(surface_distances_mm(*straight), surface_distances_mm(*oblique)):
         np.testing.assert_allclose(s, o, atol=1e-9)
 

@@ -32,6 +32,14 @@ def check_image(image: sitk.Image, name: str) -> None:
         )
 
 
+def check_transform(transform: sitk.Transform, name: str) -> None:
+    """Raise :class:`InputError` unless ``transform`` is a 3D SimpleITK transform."""
+    if not isinstance(transform, sitk.Transform):
+        raise InputError(f"{name}: expected a SimpleITK transform, got {type(transform).__name__}")
+    if transform.GetDimension() != 3:
+        raise InputError(f"{name}: expected a 3D transform, got {transform.GetDimension()}D")
+
+
 def mask_array(mask: sitk.Image, name: str) -> np.ndarray:
     """Boolean ``[z, y, x]`` array of the foreground (``> 0``) of a 3D mask."""
     check_image(mask, name)

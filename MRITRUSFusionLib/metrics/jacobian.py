@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MRITRUSFusionLib.errors import InputError
-from MRITRUSFusionLib.metrics._image import check_image, check_same_grid, mask_array
+from MRITRUSFusionLib.metrics._image import check_image, check_same_grid, check_transform, mask_array
 
 _LOG_CLIP = 1e-9
 
@@ -34,8 +34,7 @@ def jacobian_determinant(transform: sitk.Transform, reference: sitk.Image) -> si
     one, <= 0 = folding. Only the geometry of ``reference`` is used; each axis needs >= 3 voxels.
     """
     check_image(reference, "reference")
-    if not isinstance(transform, sitk.Transform) or transform.GetDimension() != 3:
-        raise InputError("transform: expected a 3D SimpleITK transform")
+    check_transform(transform, "transform")
     if min(reference.GetSize()) < 3:
         raise InputError(f"reference: needs at least 3 voxels along each axis, got size {reference.GetSize()}")
     field = sitk.TransformToDisplacementField(

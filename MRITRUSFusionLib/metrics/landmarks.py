@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MRITRUSFusionLib.errors import InputError
-from MRITRUSFusionLib.metrics._image import as_points, mask_array
+from MRITRUSFusionLib.metrics._image import as_points, check_transform, mask_array
 
 
 def centroid_mm(mask: sitk.Image) -> np.ndarray:
@@ -46,10 +46,7 @@ def centroids_mm(masks: Sequence[sitk.Image]) -> np.ndarray:
 
 def transform_points(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
     """Map physical points (mm, shape ``(N, 3)``) through ``transform`` (``TransformPoint`` of each)."""
-    if not isinstance(transform, sitk.Transform):
-        raise InputError(f"transform: expected a SimpleITK transform, got {type(transform).__name__}")
-    if transform.GetDimension() != 3:
-        raise InputError(f"transform: expected a 3D transform, got {transform.GetDimension()}D")
+    check_transform(transform, "transform")
     array = as_points(points, "points")
     return np.array([transform.TransformPoint(tuple(p)) for p in array], dtype=float).reshape(-1, 3)
 

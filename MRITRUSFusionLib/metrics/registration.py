@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MRITRUSFusionLib.errors import InputError
-from MRITRUSFusionLib.metrics._image import check_image, index_to_physical_matrix
+from MRITRUSFusionLib.metrics._image import check_image, check_transform, index_to_physical_matrix
 from MRITRUSFusionLib.metrics.jacobian import jacobian_statistics
 from MRITRUSFusionLib.metrics.landmarks import landmark_tre_mm, transform_points
 from MRITRUSFusionLib.metrics.overlap import dice
@@ -41,6 +41,7 @@ def warp_mask(
     """
     check_image(moving_mask, "moving_mask")
     check_image(fixed_reference, "fixed_reference")
+    check_transform(transform, "transform")
     foreground = moving_mask > 0  # UInt8 0/1 on the moving grid
     if interpolation == "linear":
         fraction = sitk.Resample(
@@ -110,6 +111,7 @@ def registration_metrics(
             f"fixed_channels and moving_channels: need the same non-zero number of channels, "
             f"got {len(fixed_channels)} and {len(moving_channels)}"
         )
+    check_transform(transform, "transform")
     fixed_gland = fixed_channels[0]
     warped_gland = warp_mask(moving_channels[0], fixed_gland, transform, interpolation)
     metrics: dict[str, float | list[float]] = {
