@@ -29,6 +29,7 @@ SUFFIXES = {
     "linear_transform": ".tfm",
     "markups": ".mrk.json",  # points (biopsy targets)
     "json": ".json",  # metrics, reports
+    "text": ".txt",  # e.g. pip constraints
 }
 _ROLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
