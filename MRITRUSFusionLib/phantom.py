@@ -48,6 +48,8 @@ class PhantomConfig:
     anatomy_centre_mm: tuple[float, float, float] = (12.0, -30.0, 45.0)
     gland_radii_mm: tuple[float, float, float] = (22.0, 17.0, 19.0)
     gland_irregularity: float = 0.08
+    #: Relative widening of the gland towards the base (+S) and narrowing towards the apex (-S).
+    gland_taper: float = 0.25
     n_tumours: int = 1
     tumour_radius_mm: tuple[float, float] = (4.5, 7.5)
     n_landmarks: int = 4
@@ -120,6 +122,7 @@ class _Anatomy:
         self.centre = np.asarray(config.anatomy_centre_mm, dtype=float)
         self.radii = np.asarray(config.gland_radii_mm, dtype=float)
         self.shape_coefficients = rng.normal(0.0, config.gland_irregularity, size=9)
+        self.taper = config.gland_taper
         # Rectum: a tube along S, posterior (+P) of the gland.
         self.rectum_axis = self.centre + np.array([0.0, self.radii[1] + 11.0, 0.0])
         self.tumours = [self._random_inside_point(rng, config, peripheral=True) for _ in range(config.n_tumours)]
@@ -140,6 +143,8 @@ class _Anatomy:
     def gland_level(self, points: np.ndarray) -> np.ndarray:
         """Implicit gland function (< 1 inside) at ``points`` (..., 3) in MRI LPS mm."""
         q = (points - self.centre) / self.radii
+        # Chestnut shape: wide base (superior, +S), narrow apex.
+        q[..., :2] /= (1.0 + self.taper * np.clip(q[..., 2], -1.0, 1.0))[..., None]
         norm = np.linalg.norm(q, axis=-1)
         u = q / np.maximum(norm, 1e-6)[..., None]
         c = self.shape_coefficients

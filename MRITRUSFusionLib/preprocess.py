@@ -47,13 +47,14 @@ def crop_grid_around_mask(image: sitk.Image, mask: sitk.Image, margin_mm: float,
     """A grid with ``image``'s direction covering ``mask``'s foreground plus ``margin_mm`` on every side,
     clipped to ``image``'s extent, at ``spacing_mm`` (default: the finest spacing of ``image``)."""
     low, high = physical_bounding_box(mask)
-    image_low, image_high = _physical_extent(image)
+    image_low, image_high = physical_extent(image)
     low = np.maximum(low - margin_mm, image_low)
     high = np.minimum(high + margin_mm, image_high)
     return reference_grid(low, high, spacing_mm or min(image.GetSpacing()), image.GetDirection())
 
 
-def _physical_extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+def physical_extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned (LPS) box of the voxel centres of ``image``: (min corner, max corner) in mm."""
     size = np.array(image.GetSize()) - 1
     corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx])
                         for idx in np.array(np.meshgrid(*[[0, s] for s in size])).reshape(3, -1).T])

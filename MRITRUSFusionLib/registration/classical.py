@@ -3,10 +3,12 @@
 Two modes share the same stages:
 
 * **gland-driven** (both gland masks given, as clinical fusion systems work): the signed distance maps
-  of the two gland masks are registered with a mean-squares metric, initialised by aligning the masks'
-  centres of mass;
-* **image-only**: the intensities are registered with multi-resolution Mattes mutual information,
-  initialised by aligning the image centres, the TRUS field of view (non-zero voxels) as the metric mask.
+  of the two gland masks are registered with a mean-squares metric on a grid cropped around the TRUS
+  gland, initialised by aligning the masks' centres of mass;
+* **image-only**: the intensities (smoothed, z-scored) are registered with multi-resolution Mattes mutual
+  information on a coarse working grid, initialised by aligning the image centres, with the TRUS field of
+  view (non-zero voxels) as the metric mask. Mutual information between TRUS and MRI has spurious optima
+  under scaling, so the affine and B-spline stages of this mode take small, few steps from the rigid result.
 
 The result maps a TRUS (fixed) point to the MRI (moving) point: an ``AffineTransform`` for ``rigid`` and
 ``affine``, and a ``CompositeTransform`` (affine after B-spline) for ``bspline``.
@@ -22,7 +24,8 @@ import SimpleITK as sitk
 
 from .. import progress
 from ..errors import InputError
-from ..preprocess import crop_grid_around_mask, resample_to, signed_distance_mm, zscore
+from ..preprocess import (crop_grid_around_mask, physical_extent, reference_grid, resample_to, signed_distance_mm,
+                          zscore)
 
 METHODS = ("rigid", "affine", "bspline")
 
@@ -41,20 +44,29 @@ class StageSettings:
 class ClassicalOptions:
     """Settings of the classical registration. Lengths in mm."""
 
-    #: Isotropic spacing of the working grid (the fixed image is resampled to it around the region).
+    #: Isotropic spacing of the gland-driven working grid (cropped around the TRUS gland).
     working_spacing_mm: float = 1.5
+    #: Isotropic spacing of the image-only working grid (the whole TRUS field of view).
+    image_spacing_mm: float = 2.0
     #: Margin around the fixed gland of the gland-driven working grid.
     gland_margin_mm: float = 15.0
     #: Signed distance maps are clipped to ± this value, so far-away voxels do not dominate.
     distance_clip_mm: float = 12.0
     #: Spacing of the B-spline control-point grid.
-    bspline_grid_spacing_mm: float = 20.0
+    bspline_grid_spacing_mm: float = 30.0
+    #: Largest displacement of a B-spline control point, gland-driven / image-only.
+    bspline_max_displacement_mm: float = 10.0
+    image_bspline_max_displacement_mm: float = 3.0
     sampling_fraction: float = 0.25
     histogram_bins: int = 32
     seed: int = 0
     rigid: StageSettings = field(default_factory=lambda: StageSettings(200, (4, 2, 1), (2.0, 1.0, 0.0)))
     affine: StageSettings = field(default_factory=lambda: StageSettings(200, (2, 1), (1.0, 0.0)))
-    bspline: StageSettings = field(default_factory=lambda: StageSettings(60, (2, 1), (1.0, 0.0)))
+    bspline: StageSettings = field(default_factory=lambda: StageSettings(30, (1,), (0.0,)))
+    #: Image-only stages (mutual information): a rigid search, then damped affine and B-spline steps.
+    image_rigid: StageSettings = field(default_factory=lambda: StageSettings(200, (2, 1), (2.0, 0.0)))
+    image_affine: StageSettings = field(default_factory=lambda: StageSettings(30, (2, 1), (2.0, 0.0), 0.1))
+    image_bspline: StageSettings = field(default_factory=lambda: StageSettings(20, (1,), (0.0,)))
 
 
 @dataclass
@@ -65,6 +77,10 @@ class _Problem:
     moving: sitk.Image
     gland_driven: bool
     fixed_mask: Optional[sitk.Image] = None
+
+    def settings(self, name: str, options: "ClassicalOptions") -> StageSettings:
+        """The settings of stage ``name`` (rigid, affine, bspline) in this problem's mode."""
+        return getattr(options, name if self.gland_driven else f"image_{name}")
 
 
 def register_classical(fixed: sitk.Image, moving: sitk.Image, method: str = "bspline",
@@ -85,10 +101,12 @@ def register_classical(fixed: sitk.Image, moving: sitk.Image, method: str = "bsp
     stages = METHODS[: METHODS.index(method) + 1]
     with progress.stage("register", total=len(stages)) as bar:
         linear = _initial_transform(problem)
-        linear = _optimise_linear(problem, sitk.Euler3DTransform(linear.GetCenter()), linear, options.rigid, options)
+        linear = _optimise_linear(problem, sitk.Euler3DTransform(linear.GetCenter()), linear,
+                                  problem.settings("rigid", options), options)
         bar.advance(message="rigid")
         if "affine" in stages:
-            linear = _optimise_linear(problem, sitk.AffineTransform(3), linear, options.affine, options)
+            linear = _optimise_linear(problem, sitk.AffineTransform(3), linear, problem.settings("affine", options),
+                                      options)
             bar.advance(message="affine")
         result: sitk.Transform = _as_affine(linear)
         if "bspline" in stages:
@@ -107,9 +125,16 @@ def _gland_problem(fixed_mask: sitk.Image, moving_mask: sitk.Image, options: Cla
 
 
 def _image_problem(fixed: sitk.Image, moving: sitk.Image, options: ClassicalOptions) -> _Problem:
-    """Z-scored intensities; the metric is evaluated inside the TRUS field of view (non-zero voxels)."""
-    field_of_view = sitk.Cast(sitk.BinaryErode(sitk.Cast(fixed > 0, sitk.sitkUInt8), [2, 2, 2]), sitk.sitkUInt8)
-    return _Problem(zscore(fixed, field_of_view), zscore(moving), gland_driven=False, fixed_mask=field_of_view)
+    """Smoothed, z-scored intensities on a coarse grid over the TRUS; the metric is evaluated inside the
+    TRUS field of view (non-zero voxels, eroded by one voxel)."""
+    spacing = options.image_spacing_mm
+    grid = reference_grid(*physical_extent(fixed), spacing, fixed.GetDirection())
+    fixed_coarse = resample_to(sitk.SmoothingRecursiveGaussian(sitk.Cast(fixed, sitk.sitkFloat32), spacing / 2), grid)
+    field_of_view = sitk.BinaryErode(sitk.Cast(resample_to(fixed, grid) > 0, sitk.sitkUInt8), [1, 1, 1])
+    if not np.any(sitk.GetArrayViewFromImage(field_of_view)):
+        raise InputError("fixed image has no non-zero voxels to register")
+    return _Problem(zscore(fixed_coarse, field_of_view), zscore(moving), gland_driven=False,
+                    fixed_mask=sitk.Cast(field_of_view, sitk.sitkUInt8))
 
 
 def _initial_transform(problem: _Problem) -> sitk.Transform:
@@ -165,10 +190,12 @@ def _optimise_bspline(problem: _Problem, linear: sitk.AffineTransform, options: 
     extent = np.array(problem.fixed.GetSize()) * np.array(problem.fixed.GetSpacing())
     mesh = [max(int(round(e / options.bspline_grid_spacing_mm)), 1) for e in extent]
     bspline = sitk.BSplineTransformInitializer(problem.fixed, mesh, order=3)
-    method = _method(problem, options.bspline, options)
-    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=options.bspline.iterations,
+    settings = problem.settings("bspline", options)
+    method = _method(problem, settings, options)
+    bound = options.bspline_max_displacement_mm if problem.gland_driven else options.image_bspline_max_displacement_mm
+    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.iterations,
                                 maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000,
-                                costFunctionConvergenceFactor=1e7)
+                                costFunctionConvergenceFactor=1e7, lowerBound=-bound, upperBound=bound)
     method.SetMovingInitialTransform(linear)
     method.SetInitialTransform(bspline, inPlace=True)
     method.Execute(problem.fixed, problem.moving)
