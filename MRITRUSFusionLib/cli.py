@@ -1,0 +1,318 @@
+"""The ``mritrus-fusion`` command (ARCHITECTURE.md, "The command line").
+
+Each sub-command is a thin function over the library. Expected failures (:class:`FusionError`) print one
+``error: ...`` line on stderr and exit 1; usage errors exit 2 (argparse); outputs are written atomically
+and only after the work succeeded, so a failed run leaves no partial file. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__, progress
+from .errors import FusionError, InputError
+
+EXIT_FAILURE = 1
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _read_volume(path: str, option: str) -> sitk.Image:
+    from .io import read_volume
+
+    return read_volume(path, name=option)
+
+
+def _read_mask(path: str, option: str) -> sitk.Image:
+    """Channel 0 of a label file (3D mask or 4D channels), which must not be empty."""
+    from .io import read_label_channels
+
+    mask = read_label_channels(path, name=option)[0]
+    if not np.any(sitk.GetArrayViewFromImage(mask)):
+        raise InputError(f"{option} {path}: mask is empty")
+    return mask
+
+
+def _read_channels(path: str, option: str) -> list[sitk.Image]:
+    """Label channels (channel 0 gland, 1.. landmarks); the gland must not be empty."""
+    from .io import read_label_channels
+
+    channels = read_label_channels(path, name=option)
+    if not np.any(sitk.GetArrayViewFromImage(channels[0])):
+        raise InputError(f"{option} {path}: gland (channel 0) is empty")
+    return channels
+
+
+def _write_json(content: dict, path: str, overwrite: bool) -> None:
+    from .io import atomic_output
+
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def _check_outputs(overwrite: bool, *paths: Optional[str]) -> None:
+    """Fail before any work when an output exists and ``--overwrite`` was not given."""
+    from .errors import OutputExistsError
+
+    for path in paths:
+        if path and Path(path).exists() and not overwrite:
+            raise OutputExistsError(f"{path}: output exists (pass --overwrite to replace it)")
+
+
+# -------------------------------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import DemoInputs, phantom_inputs, require_labels_pair, run_demo, summary_table
+
+    if (args.fixed is None) != (args.moving is None):
+        raise InputError("--fixed and --moving: give both (your own pair) or neither (the built-in phantom)")
+    if args.fixed is None:
+        inputs = phantom_inputs(args.seed)
+    else:
+        trus_labels = _read_channels(args.fixed_label, "--fixed-label") if args.fixed_label else []
+        mri_labels = _read_channels(args.moving_label, "--moving-label") if args.moving_label else []
+        require_labels_pair(trus_labels, mri_labels)
+        inputs = DemoInputs(_read_volume(args.fixed, "--fixed"), _read_volume(args.moving, "--moving"),
+                            trus_labels, mri_labels, source=f"{args.fixed} + {args.moving}")
+    result = run_demo(inputs, args.out, args.method, args.model, args.weights, args.device, args.overwrite)
+    print(summary_table(result.report))
+    print(f"outputs in {Path(args.out).resolve()}")
+
+
+def cmd_phantom(args: argparse.Namespace) -> None:
+    from .phantom import generate_phantom, write_phantom_case
+
+    with progress.stage("phantom", total=args.cases) as bar:
+        for k in range(args.cases):
+            name = f"case{k:03d}"
+            case = generate_phantom(seed=args.seed + k, n_tumours=args.tumours)
+            write_phantom_case(case, args.out, name, overwrite=args.overwrite)
+            bar.advance(message=name)
+    print(f"{args.cases} phantom case(s) in {Path(args.out).resolve()} (DeepReg paired layout)")
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from .io import write_transform, write_volume
+    from .registration.classical import METHODS, register_classical
+    from .registration.warp import warp_image
+
+    if args.method not in METHODS:
+        raise InputError(f"--method {args.method}: not available in this version (available: {', '.join(METHODS)})")
+    if args.weights:
+        raise InputError("--weights: classical methods take no weights")
+    _check_outputs(args.overwrite, args.transform_out, args.warped_out)
+    if (args.fixed_mask is None) != (args.moving_mask is None):
+        raise InputError("--fixed-mask and --moving-mask: give both (gland-driven) or neither (image-only)")
+    fixed, moving = _read_volume(args.fixed, "--fixed"), _read_volume(args.moving, "--moving")
+    masks = ((_read_mask(args.fixed_mask, "--fixed-mask"), _read_mask(args.moving_mask, "--moving-mask"))
+             if args.fixed_mask else (None, None))
+    transform = register_classical(fixed, moving, args.method, *masks)
+    warped = warp_image(moving, fixed, transform) if args.warped_out else None
+    if transform.IsLinear() is False and Path(args.transform_out).suffix.lower() != ".h5":
+        raise InputError(f"--transform-out {args.transform_out}: a {args.method} transform holds a deformation; "
+                         "write it as .h5")
+    write_transform(transform, args.transform_out, overwrite=args.overwrite)
+    if warped is not None:
+        write_volume(warped, args.warped_out, overwrite=args.overwrite)
+
+
+def cmd_warp(args: argparse.Namespace) -> None:
+    from .io import read_label, read_transform, write_label, write_volume
+    from .registration.warp import warp_image
+
+    _check_outputs(args.overwrite, args.out)
+    moving = read_label(args.moving, name="--moving") if args.label else _read_volume(args.moving, "--moving")
+    reference = _read_volume(args.reference, "--reference")
+    transform = read_transform(args.transform, name="--transform")
+    warped = warp_image(moving, reference, transform, label=args.label)
+    (write_label if args.label else write_volume)(warped, args.out, overwrite=args.overwrite)
+
+
+def cmd_map_points(args: argparse.Namespace) -> None:
+    from .io import read_points, read_transform, write_points
+    from .registration.warp import map_points_to_fixed
+
+    _check_outputs(args.overwrite, args.out)
+    points, labels = read_points(args.points)
+    transform = read_transform(args.transform, name="--transform")
+    write_points(map_points_to_fixed(transform, points), labels, args.out, overwrite=args.overwrite)
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .demo import TUMOUR_SEGMENT
+    from .io import write_seg_nrrd
+    from .segmentation.inference import segment_trus
+
+    if args.model != "trus-unet":
+        raise InputError(f"--model {args.model}: not available in this version (available: trus-unet)")
+    if args.trus is None:
+        raise InputError("--trus: the trus-unet model segments a TRUS volume; give --trus")
+    if args.mri or args.adc or args.transform:
+        raise InputError("--mri/--adc/--transform: trus-unet uses the TRUS only")
+    _check_outputs(args.overwrite, args.out)
+    label = segment_trus(_read_volume(args.trus, "--trus"), args.model, args.weights, args.device,
+                         threshold=args.threshold)
+    write_seg_nrrd(label, args.out, [TUMOUR_SEGMENT], overwrite=args.overwrite)
+
+
+def cmd_evaluate_registration(args: argparse.Namespace) -> None:
+    from .io import read_transform
+    from .metrics.registration import registration_metrics
+
+    _check_outputs(args.overwrite, args.out)
+    fixed = _read_channels(args.fixed_label, "--fixed-label")
+    moving = _read_channels(args.moving_label, "--moving-label")
+    if len(fixed) != len(moving):
+        raise InputError(f"--fixed-label has {len(fixed)} channels but --moving-label {len(moving)}")
+    transform = read_transform(args.transform, name="--transform") if args.transform else sitk.Transform()
+    metrics = {"before": registration_metrics(fixed, moving, sitk.Transform()),
+               "after": registration_metrics(fixed, moving, transform)}
+    _write_json({**metrics["after"], **metrics}, args.out, args.overwrite)
+    print(json.dumps({k: v for k, v in metrics["after"].items() if not isinstance(v, list)}))
+
+
+def cmd_evaluate_segmentation(args: argparse.Namespace) -> None:
+    from .io import read_label, read_seg_nrrd
+    from .metrics.segmentation import segmentation_metrics
+
+    _check_outputs(args.overwrite, args.out)
+
+    def read(path: str, option: str) -> sitk.Image:
+        return read_seg_nrrd(path)[0] if path.lower().endswith(".seg.nrrd") else read_label(path, name=option)
+
+    metrics = segmentation_metrics(read(args.pred, "--pred"), read(args.gt, "--gt"))
+    _write_json(metrics, args.out, args.overwrite)
+    print(json.dumps(metrics))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training import train
+
+    path = train(args.config, out=args.out)
+    print(f"checkpoint written to {path}")
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where torch runs (auto: CUDA when available)")
+
+
+def _command(sub, name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _demo_parser(sub) -> None:
+    p = _command(sub, "demo", cmd_demo, "phantom (or your pair) -> register -> segment -> fuse -> evaluate")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fixed", help="TRUS volume (default: the built-in phantom)")
+    p.add_argument("--moving", help="MRI volume")
+    p.add_argument("--fixed-label", help="TRUS label channels (0 gland, 1.. landmarks): gland-driven + evaluated")
+    p.add_argument("--moving-label", help="MRI label channels, corresponding to --fixed-label")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed")
+    p.add_argument("--method", default="bspline", help="registration method (rigid, affine, bspline)")
+    p.add_argument("--model", default="trus-unet", help="tumour segmentation model")
+    p.add_argument("--weights", help="segmentation checkpoint (default: the bundled weights)")
+    _add_device(p)
+
+
+def _registration_parsers(sub) -> None:
+    p = _command(sub, "register", cmd_register, "register MRI (moving) onto TRUS (fixed)")
+    p.add_argument("--fixed", required=True, help="TRUS volume")
+    p.add_argument("--moving", required=True, help="MRI volume")
+    p.add_argument("--fixed-mask", help="TRUS gland mask (with --moving-mask: gland-driven)")
+    p.add_argument("--moving-mask", help="MRI gland mask")
+    p.add_argument("--method", default="bspline", help="rigid, affine or bspline (each includes the ones before)")
+    p.add_argument("--weights", help="checkpoint of a learned method")
+    p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")
+    p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid")
+    _add_device(p)
+
+    p = _command(sub, "warp", cmd_warp, "resample an MRI-space image onto a reference grid through a transform")
+    p.add_argument("--moving", required=True)
+    p.add_argument("--reference", required=True, help="image whose grid the output takes (the TRUS)")
+    p.add_argument("--transform", required=True, help="ITK transform, reference point -> moving point")
+    p.add_argument("--out", required=True)
+    p.add_argument("--label", action="store_true", help="nearest-neighbour interpolation, integer output")
+
+    p = _command(sub, "map-points", cmd_map_points, "map MRI points (targets) into TRUS space")
+    p.add_argument("--points", required=True, help="MRI points (.mrk.json or .csv, LPS mm)")
+    p.add_argument("--transform", required=True, help="registration result (TRUS point -> MRI point)")
+    p.add_argument("--out", required=True, help="TRUS points (.mrk.json or .csv)")
+
+
+def _other_parsers(sub) -> None:
+    p = _command(sub, "phantom", cmd_phantom, "write synthetic MRI/TRUS cases with ground truth (DeepReg layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first case (case k uses seed + k)")
+    p.add_argument("--tumours", type=int, default=1, help="tumours per case")
+
+    p = _command(sub, "segment", cmd_segment, "segment the tumour on TRUS")
+    p.add_argument("--trus")
+    p.add_argument("--mri")
+    p.add_argument("--adc")
+    p.add_argument("--transform")
+    p.add_argument("--model", default="trus-unet")
+    p.add_argument("--weights", help="checkpoint (default: the bundled weights)")
+    p.add_argument("--threshold", type=float, default=0.5, help="tumour probability threshold (0..1)")
+    p.add_argument("--out", required=True, help="segmentation (.seg.nrrd, or any label-map format)")
+    _add_device(p)
+
+    evaluate = sub.add_parser("evaluate", help="metrics against ground truth").add_subparsers(
+        dest="what", required=True, metavar="{registration,segmentation}")
+    p = _command(evaluate, "registration", cmd_evaluate_registration, "gland Dice/HD95/ASD, landmark TRE, Jacobian")
+    p.add_argument("--fixed-label", required=True, help="TRUS labels: 4D channels (0 gland, 1.. landmarks) or 3D gland")
+    p.add_argument("--moving-label", required=True, help="MRI labels, same channels")
+    p.add_argument("--transform", help="TRUS point -> MRI point (default: identity)")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p = _command(evaluate, "segmentation", cmd_evaluate_segmentation, "Dice, IoU, HD95, ASD, volume difference")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--gt", required=True)
+    p.add_argument("--out", required=True, help="metrics JSON")
+
+    p = _command(sub, "train", cmd_train, "train a model from a YAML config")
+    p.add_argument("config", help="training config (YAML), e.g. MRITRUSFusionLib/configs/trus-unet.yaml")
+    p.add_argument("--out", help="checkpoint path (default: the config's output)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mritrus-fusion", description="Prostate MRI-TRUS fusion: register MRI onto TRUS, segment, fuse, evaluate, train.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), help="progress display (default: bar)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_parser(sub)
+    _other_parsers(sub)
+    _registration_parsers(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.progress:
+        progress.set_mode(args.progress)
+    try:
+        args.handler(args)
+    except FusionError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # an unexpected failure: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
