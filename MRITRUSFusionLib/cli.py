@@ -106,6 +106,9 @@ def cmd_register(args: argparse.Namespace) -> None:
     if args.weights:
         raise InputError("--weights: classical methods take no weights")
     _check_outputs(args.overwrite, args.transform_out, args.warped_out)
+    if args.method == "bspline" and Path(args.transform_out).suffix.lower() != ".h5":
+        raise InputError(f"--transform-out {args.transform_out}: a bspline transform holds a deformation; "
+                         "write it as .h5")
     if (args.fixed_mask is None) != (args.moving_mask is None):
         raise InputError("--fixed-mask and --moving-mask: give both (gland-driven) or neither (image-only)")
     fixed, moving = _read_volume(args.fixed, "--fixed"), _read_volume(args.moving, "--moving")
@@ -113,9 +116,6 @@ def cmd_register(args: argparse.Namespace) -> None:
              if args.fixed_mask else (None, None))
     transform = register_classical(fixed, moving, args.method, *masks)
     warped = warp_image(moving, fixed, transform) if args.warped_out else None
-    if transform.IsLinear() is False and Path(args.transform_out).suffix.lower() != ".h5":
-        raise InputError(f"--transform-out {args.transform_out}: a {args.method} transform holds a deformation; "
-                         "write it as .h5")
     write_transform(transform, args.transform_out, overwrite=args.overwrite)
     if warped is not None:
         write_volume(warped, args.warped_out, overwrite=args.overwrite)
