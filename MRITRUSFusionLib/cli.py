@@ -20,6 +20,8 @@ from . import __version__, progress
 from .errors import FusionError, InputError
 
 EXIT_FAILURE = 1
+#: What ``--method auto`` runs: the best chain this version has.
+AUTO_METHOD = "bspline"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -101,12 +103,14 @@ def cmd_register(args: argparse.Namespace) -> None:
     from .registration.classical import METHODS, register_classical
     from .registration.warp import warp_image
 
-    if args.method not in METHODS:
-        raise InputError(f"--method {args.method}: not available in this version (available: {', '.join(METHODS)})")
+    method = AUTO_METHOD if args.method == "auto" else args.method
+    if method not in METHODS:
+        raise InputError(f"--method {args.method}: not available in this version "
+                         f"(available: auto, {', '.join(METHODS)})")
     if args.weights:
         raise InputError("--weights: classical methods take no weights")
     _check_outputs(args.overwrite, args.transform_out, args.warped_out)
-    if args.method == "bspline" and Path(args.transform_out).suffix.lower() != ".h5":
+    if method == "bspline" and Path(args.transform_out).suffix.lower() != ".h5":
         raise InputError(f"--transform-out {args.transform_out}: a bspline transform holds a deformation; "
                          "write it as .h5")
     if (args.fixed_mask is None) != (args.moving_mask is None):
@@ -114,7 +118,7 @@ def cmd_register(args: argparse.Namespace) -> None:
     fixed, moving = _read_volume(args.fixed, "--fixed"), _read_volume(args.moving, "--moving")
     masks = ((_read_mask(args.fixed_mask, "--fixed-mask"), _read_mask(args.moving_mask, "--moving-mask"))
              if args.fixed_mask else (None, None))
-    transform = register_classical(fixed, moving, args.method, *masks)
+    transform = register_classical(fixed, moving, method, *masks)
     warped = warp_image(moving, fixed, transform) if args.warped_out else None
     write_transform(transform, args.transform_out, overwrite=args.overwrite)
     if warped is not None:
@@ -145,7 +149,7 @@ def cmd_map_points(args: argparse.Namespace) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from .demo import TUMOUR_SEGMENT
-    from .io import write_seg_nrrd
+    from .io import write_label, write_seg_nrrd, write_volume
     from .segmentation.inference import segment_trus
 
     if args.model != "trus-unet":
@@ -154,10 +158,15 @@ def cmd_segment(args: argparse.Namespace) -> None:
         raise InputError("--trus: the trus-unet model segments a TRUS volume; give --trus")
     if args.mri or args.adc or args.transform:
         raise InputError("--mri/--adc/--transform: trus-unet uses the TRUS only")
-    _check_outputs(args.overwrite, args.out)
-    label = segment_trus(_read_volume(args.trus, "--trus"), args.model, args.weights, args.device,
-                         threshold=args.threshold)
-    write_seg_nrrd(label, args.out, [TUMOUR_SEGMENT], overwrite=args.overwrite)
+    _check_outputs(args.overwrite, args.out, args.probabilities_out)
+    label, probability = segment_trus(_read_volume(args.trus, "--trus"), args.model, args.weights, args.device,
+                                      threshold=args.threshold, return_probability=True)
+    if args.out.lower().endswith(".seg.nrrd"):
+        write_seg_nrrd(label, args.out, [TUMOUR_SEGMENT], overwrite=args.overwrite)
+    else:
+        write_label(label, args.out, overwrite=args.overwrite)
+    if args.probabilities_out:
+        write_volume(probability, args.probabilities_out, overwrite=args.overwrite)
 
 
 def cmd_evaluate_registration(args: argparse.Namespace) -> None:
@@ -230,7 +239,8 @@ def _registration_parsers(sub) -> None:
     p.add_argument("--moving", required=True, help="MRI volume")
     p.add_argument("--fixed-mask", help="TRUS gland mask (with --moving-mask: gland-driven)")
     p.add_argument("--moving-mask", help="MRI gland mask")
-    p.add_argument("--method", default="bspline", help="rigid, affine or bspline (each includes the ones before)")
+    p.add_argument("--method", default="auto",
+                   help=f"rigid, affine or bspline (each includes the ones before); auto = {AUTO_METHOD}")
     p.add_argument("--weights", help="checkpoint of a learned method")
     p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")
     p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid")
@@ -265,6 +275,7 @@ def _other_parsers(sub) -> None:
     p.add_argument("--weights", help="checkpoint (default: the bundled weights)")
     p.add_argument("--threshold", type=float, default=0.5, help="tumour probability threshold (0..1)")
     p.add_argument("--out", required=True, help="segmentation (.seg.nrrd, or any label-map format)")
+    p.add_argument("--probabilities-out", help="tumour probability map (0..1, float) on the TRUS grid")
     _add_device(p)
 
     evaluate = sub.add_parser("evaluate", help="metrics against ground truth").add_subparsers(

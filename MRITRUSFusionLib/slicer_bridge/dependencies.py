@@ -49,6 +49,7 @@ REQUIRED_PACKAGES = (
     Package("yaml", "PyYAML", "6.0"),
     Package("pydantic", "pydantic", "2.0"),
     Package("matplotlib", "matplotlib", "3.6"),
+    Package("picai_eval", "picai_eval", "1.4"),
 )
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
