@@ -1,0 +1,183 @@
+"""Registry of segmentation models: name -> architecture, training geometry and weight file; loading.
+
+Weights are looked up, in order, in the file the user gives, in the directory named by the environment
+variable ``MRITRUS_FUSION_MODELS``, and in ``Resources/Models`` of the repository (bundled weights).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import InputError
+from .checkpoints import read_checkpoint
+from .networks import build_trus_unet
+
+#: Environment variable naming a directory of model weight files.
+ENV_MODELS = "MRITRUS_FUSION_MODELS"
+#: Bundled weights of the repository.
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name means.
+
+    Attributes:
+        name: registry name (the ``--model`` value).
+        description: architecture in words, used in error messages.
+        builder: function returning the network from keyword ``arguments``.
+        arguments: default builder keyword arguments.
+        spacing_mm: isotropic voxel spacing (mm) the model is trained and run at.
+        patch_size: patch side lengths in voxels (i, j, k) for training and sliding-window inference.
+        normalisation: intensity normalisation name (see :func:`.preprocessing.normalise`).
+        weights_file: file name of the default weights.
+        tumour_channel: output channel holding the tumour class.
+    """
+
+    name: str
+    description: str
+    builder: Callable[..., torch.nn.Module]
+    arguments: dict[str, Any] = field(default_factory=dict)
+    spacing_mm: float = 0.8
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    normalisation: str = "zscore-foreground"
+    weights_file: str = ""
+    tumour_channel: int = 1
+
+    @property
+    def expected(self) -> str:
+        """``'name' (description)``, the phrase error messages use for the expected architecture."""
+        return f"'{self.name}' ({self.description})"
+
+
+MODELS: dict[str, ModelSpec] = {
+    "trus-unet": ModelSpec(
+        name="trus-unet", description="MONAI UNet 3D, 1→2 channels", builder=build_trus_unet,
+        arguments={"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
+        spacing_mm=0.8, patch_size=(64, 64, 64), normalisation="zscore-foreground",
+        weights_file="trus-unet.pt"),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference (eval mode, on ``device``) with the geometry it expects.
+
+    Attributes:
+        spec: the registry entry.
+        network: the network with its weights.
+        device: where the network lives.
+        spacing_mm: isotropic spacing (mm) read from the checkpoint.
+        patch_size: sliding-window size in voxels (i, j, k) read from the checkpoint.
+        normalisation: intensity normalisation read from the checkpoint.
+        path: the weight file.
+        metadata: the checkpoint without its ``state_dict``.
+    """
+
+    spec: ModelSpec
+    network: torch.nn.Module
+    device: torch.device
+    spacing_mm: float
+    patch_size: tuple[int, int, int]
+    normalisation: str
+    path: Path
+    metadata: dict = field(default_factory=dict)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``; :class:`InputError` listing the known names otherwise."""
+    if name not in MODELS:
+        raise InputError(f"model '{name}': unknown model; available: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def default_weights_path(name: str) -> Path:
+    """Where the weights of model ``name`` are found when the user gives none.
+
+    The file ``spec.weights_file`` in ``$MRITRUS_FUSION_MODELS`` if it exists there, else in the bundled
+    ``Resources/Models``. The returned path may not exist (then :func:`load_model` explains).
+    """
+    spec = model_spec(name)
+    models_dir = os.environ.get(ENV_MODELS)
+    if models_dir:
+        candidate = Path(models_dir).expanduser() / spec.weights_file
+        if candidate.is_file():
+            return candidate
+    return BUNDLED_MODELS_DIR / spec.weights_file
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        InputError: unknown device name, or CUDA requested but not available.
+    """
+    text = str(device).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{device}': CUDA is not available on this machine; "
+                             "use --device cpu or --device auto")
+        return torch.device(text)
+    raise InputError(f"device '{device}': unknown device; expected auto, cpu or cuda")
+
+
+def _check_geometry(checkpoint: dict, path: Path, spec: ModelSpec) -> tuple[float, tuple[int, int, int]]:
+    """(spacing_mm, patch_size) of ``checkpoint``, validated."""
+    try:
+        spacing = float(checkpoint["spacing_mm"])
+        patch = tuple(int(p) for p in checkpoint["patch_size"])
+    except (TypeError, ValueError) as error:
+        raise InputError(f"weights {path}: malformed spacing_mm/patch_size ({error}); "
+                         f"expected {spec.expected}") from error
+    if not spacing > 0 or len(patch) != 3 or min(patch) < 1:
+        raise InputError(f"weights {path}: invalid spacing_mm {spacing} or patch_size {patch}; "
+                         f"expected {spec.expected}")
+    return spacing, patch  # type: ignore[return-value]
+
+
+def _build_network(checkpoint: dict, path: Path, spec: ModelSpec) -> torch.nn.Module:
+    """The network of ``spec`` built from the checkpoint's arguments, with its weights loaded."""
+    arguments = checkpoint["arguments"]
+    if not isinstance(arguments, dict):
+        raise InputError(f"weights {path}: 'arguments' is not a dict; expected {spec.expected}")
+    try:
+        network = spec.builder(**arguments)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise InputError(f"weights {path}: arguments {arguments} do not build {spec.expected}: {error}") from error
+    try:
+        network.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:2])
+        raise InputError(f"weights {path}: state dict does not match {spec.expected}: {detail}") from error
+    return network
+
+
+def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = None,
+               device: str | torch.device = "auto") -> LoadedModel:
+    """Load model ``name`` from ``weights`` (default: :func:`default_weights_path`) onto ``device``.
+
+    Raises:
+        InputError: unknown name or device, missing or unreadable file, a checkpoint for another
+            architecture, or weights that do not fit the architecture; the message names the expected one.
+    """
+    spec = model_spec(name)
+    target = resolve_device(device)
+    path = Path(weights).expanduser() if weights is not None else default_weights_path(name)
+    checkpoint = read_checkpoint(path, expected=spec.expected)
+    if checkpoint["model"] != spec.name:
+        raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
+    spacing, patch = _check_geometry(checkpoint, path, spec)
+    network = _build_network(checkpoint, path, spec).to(target).eval()
+    metadata = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    return LoadedModel(spec=spec, network=network, device=target, spacing_mm=spacing, patch_size=patch,
+                       normalisation=str(checkpoint["normalisation"]), path=path, metadata=metadata)
