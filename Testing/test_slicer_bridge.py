@@ -202,6 +202,19 @@ def test_tracker_is_monotonic_and_slows_down_for_unexpected_stages():
 
 
 @pytest.mark.skipif(not (REPO / "MRITRUSFusionLib" / "cli.py").exists(), reason="the CLI is not written yet")
+def test_real_cli_progress_stream_is_monotonic_and_ends_in_success(tmp_path):
+    """The library's own command (not a stand-in script) speaks the protocol the runner parses."""
+    updates = []
+    arguments = ["phantom", "--out", str(tmp_path / "phantoms"), "--cases", "2", "--seed", "4"]
+    result = CLIRunner.for_cli(arguments, on_progress=updates.append, env=run_env()).start().wait(timeout=120)
+    assert result.succeeded, result.message
+    fractions = [u.fraction for u in updates if u.stage == "phantom"]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions) and len(fractions) >= 3
+    overall = [u.overall for u in updates]
+    assert overall == sorted(overall) and overall[-1] == 1.0
+    assert len(list((tmp_path / "phantoms" / "fixed_images").glob("*.nii.gz"))) == 2
+
+
 def test_real_cli_failure_gives_one_clear_line(tmp_path):
     arguments = ["map-points", "--points", str(tmp_path / "missing.mrk.json"),
                  "--transform", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "out.mrk.json")]
