@@ -24,8 +24,14 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 def error_reason(error: Exception) -> str:
     """The one-line cause of ``error``; for a multi-line SimpleITK/ITK exception, the line after ``ERROR:``."""
-    match = re.search(r"ERROR: (?:\w+\(0x[0-9a-fA-F]+\): )?(.+)", str(error))
-    return match.group(1).strip() if match else str(error).strip().splitlines()[-1]
+    text = str(error).strip()
+    match = re.search(r"ERROR: (?:\w+\(0x[0-9a-fA-F]+\): )?(.+)", text)
+    if not match:
+        return text.splitlines()[-1]
+    reason = match.group(1).strip()
+    if reason.endswith(":"):  # the cause follows on the last line (e.g. NRRD's header checks)
+        reason = f"{reason} {text.splitlines()[-1].strip()}"
+    return reason
 
 
 def _read_dicom_series(folder: Path, subject: str) -> sitk.Image:
@@ -45,12 +51,34 @@ def _check_nifti_finite(path: Path, subject: str) -> None:
         raise InputError(f"{subject}: contains NaN or Inf voxels")
 
 
+#: Largest image (GiB, as float32) read without complaint; ``MRITRUS_FUSION_MAX_IMAGE_GIB`` overrides it.
+DEFAULT_MAX_IMAGE_GIB = 8.0
+
+
+def max_image_bytes() -> float:
+    """The size limit (bytes, as float32 voxels) of images read, from the environment or the default."""
+    return float(os.environ.get("MRITRUS_FUSION_MAX_IMAGE_GIB", DEFAULT_MAX_IMAGE_GIB)) * 2 ** 30
+
+
+def _check_size_before_reading(path: Path, subject: str) -> None:
+    """Refuse, from the header alone, an image too large to hold in memory as float32."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    voxels = float(np.prod([float(n) for n in reader.GetSize()])) * reader.GetNumberOfComponents()
+    if voxels * 4 > max_image_bytes():
+        raise InputError(f"{subject}: {'×'.join(str(n) for n in reader.GetSize())} voxels need "
+                         f"{voxels * 4 / 2 ** 30:.1f} GiB as float32, more than the "
+                         f"{max_image_bytes() / 2 ** 30:.1f} GiB limit (MRITRUS_FUSION_MAX_IMAGE_GIB)")
+
+
 def read_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Image:
     """Read any image SimpleITK reads (any dimension, pixel type as stored), or a DICOM series folder.
 
     Raises:
-        InputError: ``path`` does not exist or cannot be read, or a floating-point NIfTI file holds NaN/Inf
-            voxels (which SimpleITK would read as 0); the message names ``name`` and ``path``.
+        InputError: ``path`` does not exist or cannot be read, its header promises more voxels than
+            :func:`max_image_bytes` allows, or a floating-point NIfTI file holds NaN/Inf voxels (which
+            SimpleITK would read as 0); the message names ``name`` and ``path``.
     """
     path = Path(path)
     subject = f"{name} {path}"
@@ -59,6 +87,7 @@ def read_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Image:
     try:
         if path.is_dir():
             return _read_dicom_series(path, subject)
+        _check_size_before_reading(path, subject)
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(f"{subject}: cannot read as an image: {error_reason(error)}") from None
