@@ -8,7 +8,9 @@ and only after the work succeeded, so a failed run leaves no partial file. ``--d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -169,10 +171,45 @@ def cmd_segment(args: argparse.Namespace) -> None:
         write_volume(probability, args.probabilities_out, overwrite=args.overwrite)
 
 
+def _require(args: argparse.Namespace, *options: str) -> None:
+    """Options required in the chosen mode (per case or whole dataset), named as the user types them."""
+    for option in options:
+        if getattr(args, option.lstrip("-").replace("-", "_")) is None:
+            raise InputError(f"{option}: required {'with --dataset' if args.dataset else 'for one case'}")
+
+
+def _write_dataset_result(result, out: str, overwrite: bool) -> None:
+    from .evaluation import write_outputs
+
+    written = write_outputs(result, Path(out), overwrite=overwrite)
+    print(json.dumps({key: str(path) for key, path in written.items()}))
+
+
+def _case_names(text: Optional[str]) -> Optional[list[str]]:
+    """``--cases obs000..obs079`` (a numbered range) or ``--cases a,b,c``: the case names to keep (None = all)."""
+    if text is None:
+        return None
+    numbered = re.fullmatch(r"(\D*)(\d+)\.\.(\D*)(\d+)", text)
+    if numbered:
+        prefix, first, _, last = numbered.groups()
+        return [f"{prefix}{n:0{len(first)}d}" for n in range(int(first), int(last) + 1)]
+    if ".." in text:
+        raise InputError(f"--cases {text}: expected FIRST..LAST with numbered names, e.g. obs000..obs079")
+    return [name for name in text.split(",") if name]
+
+
 def cmd_evaluate_registration(args: argparse.Namespace) -> None:
+    if args.dataset:
+        from .evaluation import evaluate_registration_dataset
+
+        result = evaluate_registration_dataset(args.dataset, args.predictions, split=args.split, unit=args.unit,
+                                               case_names=_case_names(args.cases))
+        _write_dataset_result(result, args.out, args.overwrite)
+        return
     from .io import read_transform
     from .metrics.registration import registration_metrics
 
+    _require(args, "--fixed-label", "--moving-label")
     _check_outputs(args.overwrite, args.out)
     fixed = _read_channels(args.fixed_label, "--fixed-label")
     moving = _read_channels(args.moving_label, "--moving-label")
@@ -186,9 +223,18 @@ def cmd_evaluate_registration(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_segmentation(args: argparse.Namespace) -> None:
+    if args.dataset:
+        from .evaluation import evaluate_segmentation_dataset
+
+        _require(args, "--predictions")
+        result = evaluate_segmentation_dataset(args.dataset, args.predictions, label_folder=args.label_folder,
+                                               split=args.split, case_names=_case_names(args.cases))
+        _write_dataset_result(result, args.out, args.overwrite)
+        return
     from .io import read_label, read_seg_nrrd
     from .metrics.segmentation import segmentation_metrics
 
+    _require(args, "--pred", "--gt")
     _check_outputs(args.overwrite, args.out)
 
     def read(path: str, option: str) -> sitk.Image:
@@ -197,6 +243,15 @@ def cmd_evaluate_segmentation(args: argparse.Namespace) -> None:
     metrics = segmentation_metrics(read(args.pred, "--pred"), read(args.gt, "--gt"))
     _write_json(metrics, args.out, args.overwrite)
     print(json.dumps(metrics))
+
+
+def cmd_evaluate_detection(args: argparse.Namespace) -> None:
+    with contextlib.redirect_stdout(sys.stderr):  # picai_eval prints a banner on import
+        from .evaluation import evaluate_detection_dataset
+
+        result = evaluate_detection_dataset(args.predictions, args.labels, glands=args.glands,
+                                            threshold=args.threshold, min_overlap=args.min_overlap)
+    _write_dataset_result(result, args.out, args.overwrite)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -278,21 +333,42 @@ def _other_parsers(sub) -> None:
     p.add_argument("--probabilities-out", help="tumour probability map (0..1, float) on the TRUS grid")
     _add_device(p)
 
-    evaluate = sub.add_parser("evaluate", help="metrics against ground truth").add_subparsers(
-        dest="what", required=True, metavar="{registration,segmentation}")
-    p = _command(evaluate, "registration", cmd_evaluate_registration, "gland Dice/HD95/ASD, landmark TRE, Jacobian")
-    p.add_argument("--fixed-label", required=True, help="TRUS labels: 4D channels (0 gland, 1.. landmarks) or 3D gland")
-    p.add_argument("--moving-label", required=True, help="MRI labels, same channels")
-    p.add_argument("--transform", help="TRUS point -> MRI point (default: identity)")
-    p.add_argument("--out", required=True, help="metrics JSON")
-    p = _command(evaluate, "segmentation", cmd_evaluate_segmentation, "Dice, IoU, HD95, ASD, volume difference")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--gt", required=True)
-    p.add_argument("--out", required=True, help="metrics JSON")
-
     p = _command(sub, "train", cmd_train, "train a model from a YAML config")
     p.add_argument("config", help="training config (YAML), e.g. MRITRUSFusionLib/configs/trus-unet.yaml")
     p.add_argument("--out", help="checkpoint path (default: the config's output)")
+
+
+def _evaluate_parsers(sub) -> None:
+    evaluate = sub.add_parser("evaluate", help="metrics against ground truth, one case or a whole dataset")
+    kinds = evaluate.add_subparsers(dest="what", required=True, metavar="{registration,segmentation,detection}")
+
+    def dataset_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", help="DeepReg/μ-RegPro folder or CSV manifest: evaluate every case")
+        p.add_argument("--split", help="μ-RegPro split (train, val, holdout)")
+        p.add_argument("--cases", help="case names to keep: FIRST..LAST (e.g. obs000..obs079) or a,b,c")
+        p.add_argument("--out", required=True,
+                       help="metrics JSON (one case) or folder for per_case.csv, summary.json, report.png")
+
+    p = _command(kinds, "registration", cmd_evaluate_registration, "gland Dice/HD95/ASD, landmark TRE, Jacobian")
+    p.add_argument("--fixed-label", help="TRUS labels: 4D channels (0 gland, 1.. landmarks) or 3D gland")
+    p.add_argument("--moving-label", help="MRI labels, same channels")
+    p.add_argument("--transform", help="TRUS point -> MRI point (default: identity)")
+    p.add_argument("--predictions", help="with --dataset: folder of CASE.h5|.tfm transforms (default: identity)")
+    p.add_argument("--unit", choices=("mm", "vox"), default="mm", help="also report μ-RegPro voxel units (vox)")
+    dataset_options(p)
+    p = _command(kinds, "segmentation", cmd_evaluate_segmentation, "Dice, IoU, HD95, ASD, volume difference")
+    p.add_argument("--pred", help="predicted segmentation (.seg.nrrd or label map)")
+    p.add_argument("--gt", help="ground-truth segmentation")
+    p.add_argument("--predictions", help="with --dataset: folder of CASE.seg.nrrd|.nii.gz")
+    p.add_argument("--label-folder", default="fixed_tumour_labels", help="with --dataset: ground-truth folder")
+    dataset_options(p)
+    p = _command(kinds, "detection", cmd_evaluate_detection, "PI-CAI AUROC/AP and seed-000 lesion/patient rules")
+    p.add_argument("--predictions", required=True, help="folder of CASE.nii.gz detection maps (0..1)")
+    p.add_argument("--labels", required=True, help="folder of CASE.nii.gz binary lesion labels")
+    p.add_argument("--glands", help="folder of gland masks (enables the sextant rules)")
+    p.add_argument("--threshold", type=float, default=0.5, help="confidence >= this is tumour (sextant rules)")
+    p.add_argument("--min-overlap", type=float, default=0.1, help="PI-CAI hit criterion (IoU)")
+    p.add_argument("--out", required=True, help="folder for per_case.csv, summary.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _other_parsers(sub)
     _registration_parsers(sub)
+    _evaluate_parsers(sub)
     return parser
 
 

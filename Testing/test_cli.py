@@ -165,3 +165,21 @@ def write_identity(folder):
     path = folder / "identity.tfm"
     sitk.WriteTransform(sitk.AffineTransform(3), str(path))
     return path
+
+
+def test_evaluate_registration_dataset_with_ground_truth_predictions(phantom_dir, tmp_path):
+    """--dataset mode: the phantom's own ground-truth transforms as predictions give near-zero TRE."""
+    out = tmp_path / "evaluation"
+    assert main(["--progress", "none", "evaluate", "registration", "--dataset", str(phantom_dir), "--predictions",
+                 str(phantom_dir / "transforms"), "--cases", "case000..case000", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_cases"] == 1
+    assert summary["after"]["tre_mean_mm"]["median"] < 0.3 < 5.0 < summary["before"]["tre_mean_mm"]["median"]
+    assert (out / "report.png").stat().st_size > 0 and (out / "per_case.csv").read_text().count("\n") == 2
+
+
+def test_evaluate_needs_the_options_of_its_mode(tmp_path, capsys):
+    assert main(["evaluate", "registration", "--out", str(tmp_path / "m.json")]) == 1
+    assert "--fixed-label" in capsys.readouterr().err
+    assert main(["evaluate", "segmentation", "--dataset", str(tmp_path), "--out", str(tmp_path / "e")]) == 1
+    assert "--predictions" in capsys.readouterr().err
