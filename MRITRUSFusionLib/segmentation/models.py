@@ -7,6 +7,7 @@ variable ``MRITRUS_FUSION_MODELS``, and in ``Resources/Models`` of the repositor
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,6 +22,8 @@ from .networks import build_trus_unet
 ENV_MODELS = "MRITRUS_FUSION_MODELS"
 #: Bundled weights of the repository.
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+#: Where a regular (non-editable) ``pip install`` puts the same files (``data-files`` in pyproject.toml).
+INSTALLED_MODELS_DIR = Path(sys.prefix) / "share" / "mritrus-fusion" / "models"
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def default_weights_path(name: str) -> Path:
     """Where the weights of model ``name`` are found when the user gives none.
 
     The file ``spec.weights_file`` in ``$MRITRUS_FUSION_MODELS`` if it exists there, else in the bundled
-    ``Resources/Models``. The returned path may not exist (then :func:`load_model` explains).
+    ``Resources/Models`` of a source checkout, else in ``<prefix>/share/mritrus-fusion/models`` of a regular
+    install. The returned path may not exist (then :func:`load_model` explains).
     """
     spec = model_spec(name)
     models_dir = os.environ.get(ENV_MODELS)
@@ -108,7 +112,9 @@ def default_weights_path(name: str) -> Path:
         candidate = Path(models_dir).expanduser() / spec.weights_file
         if candidate.is_file():
             return candidate
-    return BUNDLED_MODELS_DIR / spec.weights_file
+    installed = INSTALLED_MODELS_DIR / spec.weights_file
+    bundled = BUNDLED_MODELS_DIR / spec.weights_file
+    return installed if installed.is_file() and not bundled.is_file() else bundled
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
