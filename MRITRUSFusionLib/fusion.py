@@ -282,6 +282,25 @@ def _colour_table(fixed_names: Sequence[str], moving_names: Sequence[str]) -> di
     return table
 
 
+def draw_outline(ax, plane, section: np.ndarray, colour, style: str = "-") -> None:
+    """Outline of the 2D boolean ``section`` (rows/columns of ``plane``, in mm) on ``ax``; nothing when the
+    section is empty or full. ``plane`` is a :class:`SlicePlane` or anything with ``h_mm``/``v_mm``."""
+    if section.any() and not section.all():
+        ax.contour(plane.h_mm, plane.v_mm, section.astype(np.float32), levels=[0.5], colors=[colour],
+                   linestyles=[style], linewidths=1.2)
+
+
+def frame_view(ax, plane, title: str) -> None:
+    """Limits (mm, radiological orientation), title and axis labels of one slice view."""
+    left, right, bottom, top = plane.extent
+    ax.set_xlim(left, right)
+    ax.set_ylim((top, bottom) if plane.invert_y else (bottom, top))
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(plane.xlabel, fontsize=8)
+    ax.set_ylabel(plane.ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
 def write_overlay_png(path: str | os.PathLike, fixed: sitk.Image, moving_before: sitk.Image,
                       moving_after: sitk.Image, fixed_contours: Optional[Mapping[str, sitk.Image]] = None,
                       moving_contours_before: Optional[Mapping[str, sitk.Image]] = None,
@@ -349,17 +368,8 @@ def write_overlay_png(path: str | os.PathLike, fixed: sitk.Image, moving_before:
                 outlines = [(("fixed", n), m, "-") for n, m in fixed_labels.items()]
                 outlines += [(("moving", n), m, "--") for n, m in moving_labels.items()]
                 for key, mask, style in outlines:
-                    section = plane.extract(mask) > 0
-                    if section.any() and not section.all():
-                        ax.contour(plane.h_mm, plane.v_mm, section.astype(np.float32), levels=[0.5],
-                                   colors=[colours[key]], linestyles=[style], linewidths=1.2)
-                left, right, bottom, top = plane.extent
-                ax.set_xlim(left, right)
-                ax.set_ylim((top, bottom) if plane.invert_y else (bottom, top))
-                ax.set_title(f"{row_name}\n{plane.view} (slice {plane.slice_index})", fontsize=9)
-                ax.set_xlabel(plane.xlabel, fontsize=8)
-                ax.set_ylabel(plane.ylabel, fontsize=8)
-                ax.tick_params(labelsize=7)
+                    draw_outline(ax, plane, plane.extract(mask) > 0, colours[key], style)
+                frame_view(ax, plane, f"{row_name}\n{plane.view} (slice {plane.slice_index})")
         legend_ax = fig.add_subplot(grid[2, :])
         legend_ax.axis("off")
         handles = [Line2D([], [], color=colour, linestyle="-" if role == "fixed" else "--", label=name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..fusion import draw_outline, frame_view
 from ..io.atomic import atomic_output
 from .montage import CaseMontage
 from .result import phased
@@ -118,16 +119,8 @@ def _montage_panel(ax: Axes, montage: CaseMontage, phase: str, legend: bool) -> 
               aspect="equal", interpolation="nearest")
     moving = montage.moving_gland_before if phase == "before" else montage.moving_gland_after
     for mask, colour, style in ((montage.fixed_gland, FIXED_COLOUR, "-"), (moving, MOVING_COLOUR, "--")):
-        if mask.any() and not mask.all():
-            ax.contour(montage.h_mm, montage.v_mm, mask.astype(np.float32), levels=[0.5], colors=[colour],
-                       linestyles=[style], linewidths=1.2)
-    left, right, bottom, top = montage.extent
-    ax.set_xlim(left, right)
-    ax.set_ylim((top, bottom) if montage.invert_y else (bottom, top))
-    ax.set_title(f"{montage.case}, {phase} (axial slice {montage.slice_index})", fontsize=9)
-    ax.set_xlabel(montage.xlabel, fontsize=8)
-    ax.set_ylabel(montage.ylabel, fontsize=8)
-    ax.tick_params(labelsize=7)
+        draw_outline(ax, montage, mask, colour, style)
+    frame_view(ax, montage, f"{montage.case}, {phase} (axial slice {montage.slice_index})")
     if legend:
         ax.legend(handles=[Line2D([], [], color=FIXED_COLOUR, label="TRUS gland"),
                            Line2D([], [], color=MOVING_COLOUR, linestyle="--", label="MRI gland warped")],
