@@ -255,10 +255,18 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training import train
+    import logging
 
-    path = train(args.config, out=args.out)
-    print(f"checkpoint written to {path}")
+    from .training import train
+    from .training.distributed import is_main_process
+
+    if not logging.getLogger().handlers and is_main_process():
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    resume = True if args.resume == "" else args.resume
+    device = None if args.device == "config" else args.device
+    path = train(args.config, out=args.out, resume=resume, device=device)
+    if is_main_process():
+        print(f"checkpoint written to {path}")
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -336,6 +344,10 @@ def _other_parsers(sub) -> None:
     p = _command(sub, "train", cmd_train, "train a model from a YAML config")
     p.add_argument("config", help="training config (YAML), e.g. MRITRUSFusionLib/configs/trus-unet.yaml")
     p.add_argument("--out", help="checkpoint path (default: the config's output)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="go on from the run folder's last.pt (or from CHECKPOINT) exactly where it stopped")
+    p.add_argument("--device", default="config", choices=("config", "auto", "cpu", "cuda"),
+                   help="where torch runs (default: the config's device)")
 
 
 def _evaluate_parsers(sub) -> None:

@@ -50,6 +50,7 @@ REQUIRED_PACKAGES = (
     Package("pydantic", "pydantic", "2.0"),
     Package("matplotlib", "matplotlib", "3.6"),
     Package("picai_eval", "picai_eval", "1.4"),
+    Package("tensorboard", "tensorboard", "2.14"),
 )
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"

@@ -1,44 +1,43 @@
 """Training configuration: pydantic models read from YAML; every error names the offending key.
 
-A configuration (see ``MRITRUSFusionLib/configs/trus-unet.yaml``) has the sections ``model``, ``loss``,
-``data``, ``optimiser`` and ``validation`` plus top-level geometry (``patch_size`` in voxels,
-``spacing_mm``), ``iterations``, ``batch_size``, ``seed``, ``device`` and ``output``. Unknown keys are
-errors, so a typo never silently falls back to a default.
+A configuration (see ``MRITRUSFusionLib/configs/*.yaml`` and ``docs/training.md``) has the sections
+``model``, ``loss``, ``data`` (:mod:`.data_config`), ``augmentation``, ``optimiser``, ``validation`` and
+``phases``, plus top-level geometry (``patch_size`` in voxels, ``spacing_mm``), ``iterations``,
+``batch_size`` (the global batch, split over distributed processes), ``seed``, ``device``, ``amp``,
+``grad_clip``, ``validate_every``, ``checkpoint_every``, ``output`` and ``run_dir``. Unknown keys are errors,
+so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import InputError
+from .data_config import (
+    DATA_SOURCES,
+    HELD_OUT_PHANTOM_SEEDS,
+    DeepRegDataSection,
+    ManifestDataSection,
+    MuRegProDataSection,
+    PhantomDataSection,
+    Section,
+    check_length,
+    data_source_default,
+)
 
-#: Phantom seeds kept for held-out evaluation: training and validation never use them.
-HELD_OUT_PHANTOM_SEEDS = range(1000, 1100)
+__all__ = ["HELD_OUT_PHANTOM_SEEDS", "PhantomDataSection", "TrainingConfig", "as_config", "config_from_dict",
+           "load_config"]
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _length(value: Any, length: int, meaning: str) -> Any:
-    """``value`` unchanged, or ValueError when it is a list/tuple of another length (before parsing)."""
-    if isinstance(value, (list, tuple)) and len(value) != length:
-        raise ValueError(f"expected {length} values {meaning}, got {len(value)}")
-    return value
-
-
-def _ordered_pair(value: tuple, key: str) -> tuple:
-    if value[0] > value[1]:
-        raise ValueError(f"{key} must be [low, high] with low <= high, got {list(value)}")
-    return value
+DataSection = Annotated[Union[PhantomDataSection, DeepRegDataSection, MuRegProDataSection, ManifestDataSection],
+                        Field(discriminator="source")]
 
 
-class ModelSection(_Section):
+class ModelSection(Section):
     """The network: a registry name and builder keyword arguments overriding the registry defaults."""
 
     name: str = "trus-unet"
@@ -47,13 +46,13 @@ class ModelSection(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from ..segmentation.models import MODELS
-        if name not in MODELS:
-            raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}")
+        from .tasks import known_models
+        if name not in known_models():
+            raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(known_models()))}")
         return name
 
 
-class LossSection(_Section):
+class LossSection(Section):
     """Dice + cross-entropy (``monai.losses.DiceCELoss`` on softmax outputs) with their weights."""
 
     name: Literal["dice_ce"] = "dice_ce"
@@ -61,63 +60,73 @@ class LossSection(_Section):
     lambda_ce: float = Field(1.0, ge=0)
 
 
-class PhantomDataSection(_Section):
-    """Synthetic training cases: phantoms of seeds ``seed_start .. seed_start + count - 1`` with varied
-    anatomy and tumour contrast, cropped into patches biased towards tumour and augmented."""
+class AffineAugmentation(Section):
+    """``monai.transforms.RandAffined``: rotation (±deg about each axis), scale (±fraction), shift (±mm)."""
 
-    source: Literal["phantom"] = "phantom"
-    seed_start: int = Field(0, ge=0)
-    count: int = Field(32, ge=1)
-    #: Tumours per case, drawn uniformly in [low, high].
-    n_tumours: tuple[int, int] = (1, 3)
-    #: TRUS echogenicity of tumours (gland ≈ 0.5), drawn uniformly per case.
-    tumour_echogenicity: tuple[float, float] = (0.2, 0.45)
-    #: Range of tumour semi-axes (mm) passed to the phantom.
-    tumour_radius_mm: tuple[float, float] = (3.5, 8.0)
-    #: Factor on the default gland radii, drawn uniformly per case.
-    gland_scale: tuple[float, float] = (0.85, 1.15)
-    #: Probability that a patch is centred near a tumour voxel (else anywhere).
-    tumour_patch_fraction: float = Field(0.7, ge=0, le=1)
-    #: Image axes (ITK index order: 0 = i/L, 1 = j/P, 2 = k/S) flipped with probability 0.5 each.
-    flip_axes: list[Literal[0, 1, 2]] = Field(default_factory=lambda: [0, 2])
-    #: Multiplicative and additive jitter of the normalised intensities, and noise standard deviation.
-    intensity_scale: tuple[float, float] = (0.9, 1.1)
-    intensity_shift: float = Field(0.1, ge=0)
-    noise_std: float = Field(0.05, ge=0)
+    probability: float = Field(0.0, ge=0, le=1)
+    rotate_deg: float = Field(10.0, ge=0)
+    scale: float = Field(0.1, ge=0, lt=1)
+    translate_mm: float = Field(5.0, ge=0)
 
-    @field_validator("n_tumours", "tumour_echogenicity", "tumour_radius_mm", "gland_scale", "intensity_scale",
-                     mode="before")
+
+class ElasticAugmentation(Section):
+    """``monai.transforms.Rand3DElasticd``: smoothing sigma and displacement magnitude ranges (mm)."""
+
+    probability: float = Field(0.0, ge=0, le=1)
+    sigma_mm: tuple[float, float] = (10.0, 15.0)
+    magnitude_mm: tuple[float, float] = (1.0, 4.0)
+
+    @field_validator("sigma_mm", "magnitude_mm", mode="before")
     @classmethod
     def _two(cls, value: Any) -> Any:
-        return _length(value, 2, "[low, high]")
-
-    @field_validator("n_tumours", "tumour_echogenicity", "tumour_radius_mm", "gland_scale", "intensity_scale")
-    @classmethod
-    def _pair(cls, value: tuple, info) -> tuple:
-        return _ordered_pair(value, info.field_name)
-
-    @model_validator(mode="after")
-    def _no_held_out_seeds(self) -> "PhantomDataSection":
-        used = range(self.seed_start, self.seed_start + self.count)
-        if set(used) & set(HELD_OUT_PHANTOM_SEEDS):
-            raise ValueError(f"seeds {used.start}..{used.stop - 1} overlap the held-out phantom seeds "
-                             f"{HELD_OUT_PHANTOM_SEEDS.start}..{HELD_OUT_PHANTOM_SEEDS.stop - 1}")
-        return self
+        return check_length(value, 2, "[low, high]")
 
 
-class OptimiserSection(_Section):
-    """Adam with a learning rate (decayed polynomially to 0 with ``schedule: poly``)."""
+class IntensityAugmentation(Section):
+    """Image-only: random scale (``1 ± scale``), shift (``± shift``) and Gaussian noise (``noise_std``)."""
 
-    name: Literal["adam"] = "adam"
+    probability: float = Field(0.0, ge=0, le=1)
+    scale: float = Field(0.1, ge=0)
+    shift: float = Field(0.1, ge=0)
+    noise_std: float = Field(0.05, ge=0)
+
+
+class AugmentationSection(Section):
+    """MONAI dictionary transforms applied to each patch; spatial ones move images and labels together
+    (labels, and the landmarks among their channels, with nearest-neighbour interpolation). Off by default."""
+
+    affine: AffineAugmentation = Field(default_factory=AffineAugmentation)
+    elastic: ElasticAugmentation = Field(default_factory=ElasticAugmentation)
+    intensity: IntensityAugmentation = Field(default_factory=IntensityAugmentation)
+    #: Image axes (ITK order: 0 = i/L, 1 = j/P, 2 = k/S) flipped with probability 0.5 each.
+    flip_axes: list[Literal[0, 1, 2]] = Field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flip_axes) or any(part.probability > 0 for part in (self.affine, self.elastic,
+                                                                                self.intensity))
+
+
+class OptimiserSection(Section):
+    """Optimiser and learning-rate schedule (per phase: the schedule restarts with each phase)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "poly"] = "poly"
+    #: SGD momentum (ignored by Adam/AdamW).
+    momentum: float = Field(0.9, ge=0, lt=1)
+    #: ``constant``, ``poly`` (``(1 - t/T)^0.9``) or ``cosine`` decay to 0 over each phase.
+    schedule: Literal["constant", "poly", "cosine"] = "poly"
+    #: Linear warm-up from 0 over the first iterations of each phase.
+    warmup_iterations: int = Field(0, ge=0)
 
 
-class ValidationSection(_Section):
-    """Phantom seeds (default phantom configuration) scored with Dice after training; empty = none."""
+class ValidationSection(Section):
+    """What validation scores: phantom ``seeds`` (default phantom configuration) and/or the file source's
+    ``validation_cases``; ``metric`` picks the best checkpoint (``dice``: higher is better, ``loss``: lower)."""
 
     seeds: list[int] = Field(default_factory=list)
+    metric: Literal["dice", "loss"] = "dice"
 
     @field_validator("seeds")
     @classmethod
@@ -128,29 +137,66 @@ class ValidationSection(_Section):
         return seeds
 
 
-class TrainingConfig(_Section):
+class PhaseSection(Section):
+    """One phase of a multi-phase schedule (e.g. seed 000: pre-train registration, then segmentation).
+
+    ``trainable`` and ``frozen`` are parameter-name prefixes of the network (``model.0``, ``registration``...);
+    with ``trainable`` given every other parameter is frozen, ``frozen`` freezes on top of that.
+    """
+
+    name: str = ""
+    iterations: int = Field(ge=1)
+    trainable: list[str] = Field(default_factory=list)
+    frozen: list[str] = Field(default_factory=list)
+    #: Factor on ``optimiser.lr`` during this phase.
+    lr_scale: float = Field(1.0, gt=0)
+    #: Loss of this phase (default: the top-level ``loss``).
+    loss: Optional[LossSection] = None
+
+
+class TrainingConfig(Section):
     """A training run. Geometry: ``patch_size`` in voxels (i, j, k), ``spacing_mm`` isotropic in mm."""
 
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)
-    data: PhantomDataSection = Field(default_factory=PhantomDataSection)
+    data: DataSection = Field(default_factory=PhantomDataSection)
+    augmentation: AugmentationSection = Field(default_factory=AugmentationSection)
     optimiser: OptimiserSection = Field(default_factory=OptimiserSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
+    #: Phases run in order; empty = one phase of ``iterations`` training every parameter.
+    phases: list[PhaseSection] = Field(default_factory=list)
     patch_size: tuple[int, int, int] = (64, 64, 64)
     spacing_mm: float = Field(0.8, gt=0)
+    #: Optimiser steps in total (with ``phases``: their sum, may be left out).
     iterations: int = Field(600, ge=1)
+    #: Global batch: split evenly over the processes of a distributed run.
     batch_size: int = Field(2, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Checkpoint file written at the end (relative paths: to the working directory).
+    #: Mixed precision (CUDA only; ignored on CPU).
+    amp: bool = False
+    #: Clip the gradient norm to this value (None: no clipping).
+    grad_clip: Optional[float] = Field(None, gt=0)
+    #: Validate every this many steps (0: only at the end); needs validation seeds or cases.
+    validate_every: int = Field(0, ge=0)
+    #: Write ``last.pt`` every this many steps (0: only at the end and when stopped).
+    checkpoint_every: int = Field(50, ge=0)
+    #: Inference checkpoint written at the end (relative paths: to the working directory).
     output: Path = Path("runs/trus-unet/trus-unet.pt")
-    #: Log the running loss every this many iterations (0 = never).
+    #: Folder of ``last.pt``, ``best.pt``, ``history.json`` and ``tensorboard/``; default ``<output>.run``.
+    run_dir: Optional[Path] = None
+    #: Log the running loss and throughput every this many iterations (0 = only at the end).
     log_every: int = Field(50, ge=0)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _default_source(cls, value: Any) -> Any:
+        return data_source_default(value)
 
     @field_validator("patch_size", mode="before")
     @classmethod
     def _three(cls, value: Any) -> Any:
-        return _length(value, 3, "[i, j, k] in voxels")
+        return check_length(value, 3, "[i, j, k] in voxels")
 
     @field_validator("patch_size")
     @classmethod
@@ -159,13 +205,33 @@ class TrainingConfig(_Section):
             raise ValueError(f"patch_size must be positive voxel counts, got {list(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _phase_iterations(self) -> "TrainingConfig":
+        if not self.phases:
+            return self
+        total = sum(phase.iterations for phase in self.phases)
+        if "iterations" in self.model_fields_set and self.iterations != total:
+            raise ValueError(f"key 'iterations': {self.iterations} differs from the sum of "
+                             f"phases[*].iterations ({total}); leave it out or make them agree")
+        self.iterations = total
+        return self
+
+    def resolved_run_dir(self, output: Optional[Path] = None) -> Path:
+        """``run_dir``, or ``<output without suffix>.run`` next to the checkpoint ``output``."""
+        if self.run_dir is not None:
+            return self.run_dir
+        output = Path(output) if output is not None else self.output
+        return output.parent / f"{output.name.split('.')[0]}.run"
+
 
 def _key(location: tuple) -> str:
-    """Dotted key of a pydantic error location (list indices as ``[i]``)."""
+    """Dotted key of a pydantic error location (list indices as ``[i]``, data-source tags dropped)."""
+    if len(location) > 1 and location[0] == "data" and location[1] in DATA_SOURCES:
+        location = location[:1] + location[2:]
     text = ""
     for part in location:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
+    return text
 
 
 def _describe(error: ValidationError) -> str:
@@ -173,10 +239,15 @@ def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         key = _key(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
+        elif item["type"] == "union_tag_invalid":
+            problems.append(f"key '{key}.source': unknown data source {item['input'].get('source')!r}; "
+                            f"expected one of {', '.join(DATA_SOURCES)}")
+        elif not key:
+            problems.append(message)
         else:
-            message = item["msg"].removeprefix("Value error, ")
             problems.append(f"key '{key}': {message} (got {item.get('input')!r})")
     return "; ".join(problems)
 

@@ -2,12 +2,17 @@
 
 Each case is a :func:`~MRITRUSFusionLib.phantom.generate_phantom` TRUS with its tumour label, resampled to
 the training spacing (same physical extent, as inference does) and normalised as the model expects.
+
+:class:`PhantomBatches` turns the patches into the resumable, rank-sharded batch stream the trainer reads:
+one seeded generator draws every sample of each global batch on every process, and each process keeps
+its own slice, so a distributed run sees exactly the batches of a single-process run.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..phantom import PhantomConfig, generate_phantom
 from ..segmentation.preprocessing import model_grid, normalise, resample_onto
-from .config import PhantomDataSection
+from .data_config import PhantomDataSection
 
 
 @dataclass
@@ -34,13 +39,17 @@ def phantom_overrides(seed: int, data: PhantomDataSection) -> dict:
     size, drawn from the ranges of ``data`` with a generator seeded by ``seed`` (reproducible)."""
     rng = np.random.default_rng([seed, 7919])
     scale = rng.uniform(*data.gland_scale)
-    return {
+    overrides = {
         "seed": int(seed),
         "n_tumours": int(rng.integers(data.n_tumours[0], data.n_tumours[1] + 1)),
         "tumour_trus_echogenicity": float(rng.uniform(*data.tumour_echogenicity)),
         "tumour_radius_mm": tuple(float(r) for r in data.tumour_radius_mm),
         "gland_radii_mm": tuple(float(r * scale) for r in PhantomConfig().gland_radii_mm),
     }
+    for grid in ("trus_size", "trus_spacing", "mri_size", "mri_spacing"):
+        if getattr(data, grid) is not None:
+            overrides[grid] = tuple(getattr(data, grid))
+    return overrides
 
 
 def make_case(trus: sitk.Image, tumours: sitk.Image, spacing_mm: float, normalisation: str) -> PatchCase:
@@ -135,3 +144,56 @@ class PhantomPatches(IterableDataset):
         rng = np.random.default_rng([self.seed, worker.id if worker else 0])
         while True:
             yield self.sample(rng)
+
+
+#: A patch augmentation: ``(sample, seed) -> sample`` on ``{"image", "label"}`` tensors (see :mod:`.augmentation`).
+Augment = Callable[[dict, int], dict]
+
+
+class PhantomBatches:
+    """This process's share of each global batch of phantom patches, resumable from :meth:`state_dict`.
+
+    Args:
+        patches: the patch sampler.
+        global_batch: samples per optimiser step over all processes.
+        rank, world_size: this process and the number of processes (``global_batch % world_size == 0``).
+        augment: optional extra augmentation; its seed is drawn from the stream for every sample.
+
+    Every process draws all ``global_batch`` samples from one generator seeded ``[seed, 0]`` (as a
+    single-process ``DataLoader`` over :class:`PhantomPatches` does) and keeps samples
+    ``rank * b .. (rank + 1) * b - 1`` with ``b = global_batch / world_size``.
+    """
+
+    def __init__(self, patches: PhantomPatches, global_batch: int, rank: int = 0, world_size: int = 1,
+                 augment: Optional[Augment] = None):
+        self.patches = patches
+        self.global_batch = int(global_batch)
+        self.local_batch = self.global_batch // world_size
+        self.rank = int(rank)
+        self.augment = augment
+        self.rng = np.random.default_rng([patches.seed, 0])
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """``{"image": (b, 1, D, H, W) float32, "label": (b, 1, D, H, W) int64}`` of the next step."""
+        mine = range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        samples = []
+        for index in range(self.global_batch):
+            image, label = self.patches.sample(self.rng)
+            sample = {"image": image, "label": label}
+            if self.augment is not None:
+                seed = int(self.rng.integers(2**31))
+                sample = self.augment(sample, seed) if index in mine else sample
+            if index in mine:
+                samples.append(sample)
+        return {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "label")}
+
+    def state_dict(self) -> dict:
+        """The generator position (JSON text: its 128-bit integers stay exact)."""
+        return {"kind": "phantom", "generator": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict`."""
+        self.rng.bit_generator.state = json.loads(state["generator"])
+
+    def close(self) -> None:
+        """Nothing to release (the interface of the file batches)."""
