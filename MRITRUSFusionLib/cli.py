@@ -256,16 +256,21 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     import logging
+    import os
 
+    from .training.config import load_config
+    from .training.data_config import check_data_paths
+
+    config = load_config(args.config, check_model=False)  # schema and data paths first: fast, before torch
+    check_data_paths(config.data)
     from .training import train
-    from .training.distributed import is_main_process
 
-    if not logging.getLogger().handlers and is_main_process():
+    main_process = os.environ.get("RANK", "0") in ("", "0")
+    if not logging.getLogger().handlers and main_process:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     resume = True if args.resume == "" else args.resume
-    device = None if args.device == "config" else args.device
-    path = train(args.config, out=args.out, resume=resume, device=device)
-    if is_main_process():
+    path = train(config, out=args.out, resume=resume, device=args.device)
+    if main_process:
         print(f"checkpoint written to {path}")
 
 
@@ -346,8 +351,8 @@ def _other_parsers(sub) -> None:
     p.add_argument("--out", help="checkpoint path (default: the config's output)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="go on from the run folder's last.pt (or from CHECKPOINT) exactly where it stopped")
-    p.add_argument("--device", default="config", choices=("config", "auto", "cpu", "cuda"),
-                   help="where torch runs (default: the config's device)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where torch runs (default: the config's device; auto: CUDA when available)")
 
 
 def _evaluate_parsers(sub) -> None:

@@ -85,3 +85,15 @@ def drop(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
     """The names matching none of ``patterns``, in input order."""
     parsed = parse_patterns(patterns)
     return [name for name in names if not any(p.matches(name) for p in parsed)]
+
+
+def names_of(patterns: Sequence[str]) -> list[str]:
+    """Every name of the numbered ranges and exact names in ``patterns`` (ranges zero-padded as written)."""
+    names = []
+    for pattern in parse_patterns(patterns):
+        if not pattern.is_range:
+            names.append(pattern.text)
+            continue
+        width = len(_RANGE.match(pattern.text)["low"])
+        names += [f"{pattern.prefix}{number:0{width}d}" for number in range(pattern.low, pattern.high + 1)]
+    return names

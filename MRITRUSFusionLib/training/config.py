@@ -43,13 +43,19 @@ class ModelSection(Section):
     name: str = "trus-unet"
     arguments: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from .tasks import known_models
-        if name not in known_models():
-            raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(known_models()))}")
-        return name
+
+def check_model_name(config: "TrainingConfig", source: str = "config") -> None:
+    """:class:`InputError` unless ``config.model.name`` is a trainable model.
+
+    Separate from the schema check because it imports the model registries (torch): a config with a typo
+    fails before those imports, in a fraction of a second.
+    """
+    from .tasks import known_models
+
+    name = config.model.name
+    if name not in known_models():
+        raise InputError(f"{source}: key 'model.name': unknown model '{name}'; "
+                         f"available: {', '.join(known_models())} (got {name!r})")
 
 
 class LossSection(Section):
@@ -252,8 +258,13 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def config_from_dict(values: Any, source: str = "config") -> TrainingConfig:
+def config_from_dict(values: Any, source: str = "config", check_model: bool = True) -> TrainingConfig:
     """Validate ``values`` (a mapping, e.g. parsed YAML) into a :class:`TrainingConfig`.
+
+    Args:
+        values: the configuration.
+        source: what the error messages start with.
+        check_model: also check that ``model.name`` is known (imports torch; see :func:`check_model_name`).
 
     Raises:
         InputError: ``<source>: <problem naming the key>``.
@@ -263,13 +274,17 @@ def config_from_dict(values: Any, source: str = "config") -> TrainingConfig:
     if not isinstance(values, dict):
         raise InputError(f"{source}: expected a mapping of keys, got {type(values).__name__}")
     try:
-        return TrainingConfig.model_validate(values)
+        config = TrainingConfig.model_validate(values)
     except ValidationError as error:
         raise InputError(f"{source}: {_describe(error)}") from None
+    if check_model:
+        check_model_name(config, source)
+    return config
 
 
-def load_config(path: str | os.PathLike) -> TrainingConfig:
-    """Read and validate the YAML training configuration at ``path``.
+def load_config(path: str | os.PathLike, check_model: bool = True) -> TrainingConfig:
+    """Read and validate the YAML training configuration at ``path`` (``check_model``: as
+    :func:`config_from_dict`).
 
     Raises:
         InputError: missing file, invalid YAML, unknown key or wrong type (the message names the key).
@@ -282,7 +297,7 @@ def load_config(path: str | os.PathLike) -> TrainingConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         reason = " ".join(str(error).split())
         raise InputError(f"config {path}: not valid YAML ({reason})") from None
-    return config_from_dict(values, source=f"config {path}")
+    return config_from_dict(values, source=f"config {path}", check_model=check_model)
 
 
 def as_config(config: "TrainingConfig | dict | str | os.PathLike") -> TrainingConfig:

@@ -18,10 +18,12 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..errors import InputError
-from .case_names import HELD_OUT_CASES, first_overlap, parse_patterns
+from .case_names import HELD_OUT_CASES, drop, first_overlap, names_of, parse_patterns
 
 #: Phantom seeds kept for held-out evaluation: training and validation never use them.
 HELD_OUT_PHANTOM_SEEDS = range(1000, 1100)
+#: Folder name of the shared example dataset whose test set (:data:`HELD_OUT_CASES`) is always held out.
+MRUS_EXAMPLE = "mrus-example"
 #: Values of ``data.source``.
 DATA_SOURCES = ("phantom", "deepreg", "muregpro", "manifest")
 #: Case roles every layout provides (further extras folders or manifest columns may be named too).
@@ -159,6 +161,18 @@ class FileDataSection(Section):
             both = first_overlap(info.data.get("cases", []), value)
             if both:
                 raise ValueError(f"'{both[1]}' is also a training case ('{both[0]}' in data.cases)")
+        return value
+
+    @field_validator("held_out")
+    @classmethod
+    def _test_set_stays_out(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """``mrus-example``'s test set stays held out, whatever ``held_out`` says."""
+        path = info.data.get("path")
+        if path is not None and MRUS_EXAMPLE in Path(path).parts:
+            missing = drop(names_of(HELD_OUT_CASES), value)
+            if missing:
+                raise ValueError(f"{MRUS_EXAMPLE}'s test set {', '.join(HELD_OUT_CASES)} must stay held out "
+                                 f"({missing[0]} is not)")
         return value
 
     @property

@@ -74,8 +74,9 @@ def _file_source(config: TrainingConfig, normalisation: str, rank: int, world_si
     pipeline = build_augmentation(config.augmentation, config.spacing_mm)
     dataset = PatchDataset(cache, patch, data.foreground_fraction, config.seed, pipeline)
     batches = FileBatches(dataset, config.batch_size, rank, world_size, data.num_workers)
+    prepared = prepared_cases(lists.validation, data, config.spacing_mm, patch, normalisation)
     validation = [ValidationCase(item["name"], np.asarray(item["image"]), np.asarray(item["label"])[0])
-                  for item in prepared_cases(lists.validation, data, config.spacing_mm, patch, normalisation)]
+                  for item in (prepared[index] for index in range(len(prepared)))]
     validation += _phantom_validation(config, normalisation)
     return DataSource(batches, validation, f"{len(lists.training)} {data.source} cases from {data.path} "
                                            f"({len(lists.validation)} for validation)")

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -26,7 +26,7 @@ from ..io import atomic_output
 from ..progress import stage
 from ..segmentation.checkpoints import read_checkpoint
 from . import distributed
-from .config import TrainingConfig, as_config
+from .config import TrainingConfig, as_config, check_model_name
 from .data_config import check_data_paths
 from .monitor import TrainingMonitor
 from .optim import build_optimiser, build_scheduler
@@ -72,7 +72,7 @@ class Run:
     source: DataSource
     optimiser: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: Optional[torch.amp.GradScaler]
+    scaler: Optional[Any]
     progress: RunProgress
 
     def checkpoint(self) -> dict:
@@ -104,6 +104,13 @@ def _resume_path(resume, run_dir: Path) -> Optional[Path]:
     return path
 
 
+def _grad_scaler():
+    """A CUDA gradient scaler (``torch.amp`` from torch 2.3, ``torch.cuda.amp`` before)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
 def _prepare(config: TrainingConfig, task: SegmentationTask, context: distributed.DistributedContext,
              run_dir: Path, checkpoint: Optional[dict]) -> Run:
     """Build network, data, optimiser and schedule (seeded), and restore ``checkpoint`` when resuming."""
@@ -111,17 +118,17 @@ def _prepare(config: TrainingConfig, task: SegmentationTask, context: distribute
     network = network.to(context.device)
     plan = plan_phases(config)
     check_phases(plan, network)
-    with stage("prepare", 1) as bar:
+    with (stage("prepare", 1) if context.is_main else contextlib.nullcontext()) as bar:
         source = build_source(config, task.normalisation, context.rank, context.world_size)
-        bar.advance(1, source.description)
-    if context.is_main:
-        log.info("data: %s", source.description)
+        if bar is not None:
+            bar.advance(1, source.description)
+            log.info("data: %s", source.description)
     optimiser = build_optimiser(config.optimiser, network)
     scheduler = build_scheduler(optimiser, config.optimiser, plan)
     use_amp = config.amp and context.device.type == "cuda"
     if config.amp and not use_amp and context.is_main:
         log.info("amp: mixed precision needs CUDA; training in float32 on %s", context.device)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    scaler = _grad_scaler() if use_amp else None
     run = Run(config, task, context, run_dir, network, arguments, plan, source, optimiser, scheduler, scaler,
               RunProgress())
     if checkpoint is not None:
@@ -243,6 +250,7 @@ def train(config: TrainingConfig | dict | str | os.PathLike, out: Optional[str |
     if device is not None:
         config = config.model_copy(update={"device": device})
     check_data_paths(config.data)
+    check_model_name(config)
     task = task_for(config)
     target = Path(out) if out is not None else config.output
     run_dir = config.resolved_run_dir(target)
