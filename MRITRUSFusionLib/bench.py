@@ -221,10 +221,12 @@ def elastix_bspline(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[
     for name in ("affine", "bspline"):
         parameters.AddParameterMap(parameters.GetDefaultParameterMap(name))
     fixed_itk, moving_itk = _to_itk(fixed), _to_itk(moving)
-    _, result = itk.elastix_registration_method(fixed_itk, moving_itk, parameter_object=parameters,
-                                                log_to_console=False)
-    field_image = itk.transformix_deformation_field(moving_itk, result)
-    return _field_transform(itk.array_from_image(field_image), fixed)
+    with tempfile.TemporaryDirectory(prefix="mritrus-elastix-") as folder:  # transformix writes files there
+        _, result = itk.elastix_registration_method(fixed_itk, moving_itk, parameter_object=parameters,
+                                                    log_to_console=False, output_directory=folder)
+        field_image = itk.transformix_deformation_field(moving_itk, result, log_to_console=False,
+                                                        output_directory=folder)
+        return _field_transform(itk.array_from_image(field_image), fixed)
 
 
 def ants_syn(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
