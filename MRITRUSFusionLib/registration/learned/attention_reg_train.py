@@ -10,7 +10,9 @@ sources), ``patch_size`` (i, j, k), ``patch_spacing_mm``, ``network`` (``Attenti
 ``batch_size``, ``learning_rate``, ``iterations``, ``time_limit_s``, ``validate_every``, ``max_sre_mm``
 (perturbations rescaled to an SRE uniform in [0, max]), ``max_translation_mm``/``max_rotation_deg`` (paper
 ranges before rescaling), ``centre_jitter_mm``, ``val_perturbations`` (fixed per val case),
-``stages`` (refinement rounds at validation), ``output``.
+``stages`` (refinement rounds at validation), ``previous_stages`` (a checkpoint whose stage networks run
+before the one trained here: the paper's second stage, trained on a smaller SRE range and initialised
+from the previous stage; the output then holds every stage), ``output``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ from .attention_reg_data import (DEFAULT_PATCH_SIZE, DEFAULT_PATCH_SPACING_MM, N
                                  make_batch, perturbed_start, phantom_sources, proxy_gland_mask,
                                  proxy_surface_points, random_rigid_params, sample_sources, scale_to_sre,
                                  patch_grid)
-from .attention_reg_infer import MODEL_NAME, refine
+from .attention_reg_infer import MODEL_NAME, load_attention_reg, refine
+
+
+def _plain_arguments(arguments: Mapping[str, Any]) -> dict:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in arguments.items()}
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -59,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "centre_jitter_mm": 3.0,
     "val_perturbations": 6,
     "stages": 2,
+    "previous_stages": None,
     "output": "Resources/Models/attention-reg.pt",
 }
 
@@ -99,12 +106,13 @@ def validation_set(config: Mapping[str, Any]):
     return items
 
 
-def validate(network: AttentionReg, items, config: Mapping[str, Any]) -> dict:
+def validate(network: AttentionReg, items, config: Mapping[str, Any], previous=()) -> dict:
     network.eval()
     before, after = [], []
     for source, start, mask in items:
-        result = refine([network], source.trus, source.mri, start, source.centre_mm, config["patch_size"],
-                        float(config["patch_spacing_mm"]), int(config["stages"]), torch.device("cpu"))
+        stages = int(config["stages"]) if not previous else len(previous) + 1
+        result = refine([*previous, network], source.trus, source.mri, start, source.centre_mm, config["patch_size"],
+                        float(config["patch_spacing_mm"]), stages, torch.device("cpu"))
         before.append(surface_registration_error(mask, start, source.true_transform))
         after.append(surface_registration_error(mask, result, source.true_transform))
     network.train()
@@ -121,6 +129,13 @@ def train(config: Mapping[str, Any]) -> dict:
         sources += phantom_sources(config["phantom_seeds"])
     val_items = validation_set(config)
     network = AttentionReg(**config["network"])
+    previous, previous_states = [], []
+    if config["previous_stages"]:
+        previous, old = load_attention_reg(config["previous_stages"], "cpu")
+        if old["arguments"] != _plain_arguments(config["network"]):
+            raise InputError(f"previous_stages {config['previous_stages']}: network arguments differ from the config")
+        previous_states = old.get("stage_state_dicts") or [old["state_dict"]]
+        network.load_state_dict(previous_states[-1])
     optimiser = torch.optim.Adam(network.parameters(), lr=float(config["learning_rate"]))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(config["iterations"]))
     # Parameter scale: translations in mm and angles in degrees have similar magnitudes in the paper's
@@ -129,7 +144,7 @@ def train(config: Mapping[str, Any]) -> dict:
     best_state = copy.deepcopy(network.state_dict())
     history = []
     start_time = time.time()
-    initial = validate(network, val_items, config)
+    initial = validate(network, val_items, config, previous)
     print(json.dumps({"iteration": 0, **initial}), flush=True)
     running = []
     with progress.stage("train attention-reg", int(config["iterations"])) as bar:
@@ -148,7 +163,7 @@ def train(config: Mapping[str, Any]) -> dict:
             bar.advance(1, f"loss {np.mean(running[-20:]):.2f}")
             out_of_time = time.time() - start_time > float(config["time_limit_s"])
             if iteration % int(config["validate_every"]) == 0 or out_of_time or iteration == int(config["iterations"]):
-                metrics = validate(network, val_items, config)
+                metrics = validate(network, val_items, config, previous)
                 record = {"iteration": iteration, "loss": float(np.mean(running[-int(config["validate_every"]):])),
                           **metrics, "elapsed_s": round(time.time() - start_time, 1)}
                 history.append(record)
@@ -163,6 +178,8 @@ def train(config: Mapping[str, Any]) -> dict:
                                  config["patch_size"], NORMALISATION, config=dict(config),
                                  metrics={"best": best, "initial_val": initial, "history": history},
                                  iterations=int(best.get("iteration", 0)))
+    if previous_states:
+        checkpoint["stage_state_dicts"] = [*previous_states, checkpoint["state_dict"]]
     output = Path(config["output"])
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, output)
