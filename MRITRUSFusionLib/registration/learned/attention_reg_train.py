@@ -7,7 +7,9 @@ refinement. Deterministic for a given ``seed`` (CPU); a small self-contained loo
 Config keys (YAML, all optional; defaults in :data:`DEFAULTS`): ``seed``, ``sample_root``,
 ``train_cases``, ``val_cases`` (test cases 0, 9 are refused), ``phantom_seeds`` (extra rigid phantom
 sources), ``patch_size`` (i, j, k), ``patch_spacing_mm``, ``network`` (``AttentionReg`` arguments),
-``batch_size``, ``learning_rate``, ``iterations``, ``time_limit_s``, ``validate_every``, ``max_sre_mm``
+``batch_size``, ``learning_rate``, ``iterations``, ``schedule_iterations`` (length of the cosine
+learning-rate schedule, default ``iterations``), ``time_limit_s`` (a wall-clock stop: runs that hit it
+depend on the machine's speed; set ``iterations`` to the logged count to reproduce one exactly), ``validate_every``, ``max_sre_mm``
 (perturbations rescaled to an SRE uniform in [0, max]), ``max_translation_mm``/``max_rotation_deg`` (paper
 ranges before rescaling), ``centre_jitter_mm``, ``val_perturbations`` (fixed per val case),
 ``stages`` (refinement rounds at validation), ``previous_stages`` (a checkpoint whose stage networks run
@@ -57,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 8,
     "learning_rate": 1.0e-3,
     "iterations": 2000,
+    "schedule_iterations": None,
     "time_limit_s": 600,
     "validate_every": 100,
     "max_sre_mm": 20.0,
@@ -137,7 +140,8 @@ def train(config: Mapping[str, Any]) -> dict:
         previous_states = old.get("stage_state_dicts") or [old["state_dict"]]
         network.load_state_dict(previous_states[-1])
     optimiser = torch.optim.Adam(network.parameters(), lr=float(config["learning_rate"]))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(config["iterations"]))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimiser, int(config["schedule_iterations"] or config["iterations"]))
     # Parameter scale: translations in mm and angles in degrees have similar magnitudes in the paper's
     # ranges, so plain MSE on the 6 parameters (the paper's loss) is used.
     best = {"sre_after_mm": float("inf")}
