@@ -101,10 +101,11 @@ def predict_correction(network: AttentionReg, trus: sitk.Image, mri: sitk.Image,
     if network.use_masks:
         if fixed_mask is None or moving_mask is None:
             raise InputError("this attention-reg checkpoint takes gland masks: give fixed_mask and moving_mask")
-        masks["trus_mask"] = torch.from_numpy(
-            (resample_to_grid(fixed_mask, grid, interpolator=sitk.sitkNearestNeighbor) > 0).astype(np.float32))[None, None]
-        masks["mri_mask"] = torch.from_numpy(
-            (resample_to_grid(moving_mask, grid, current, sitk.sitkNearestNeighbor) > 0).astype(np.float32))[None, None]
+        nearest = sitk.sitkNearestNeighbor
+        trus_mask = resample_to_grid(fixed_mask, grid, interpolator=nearest) > 0
+        mri_mask = resample_to_grid(moving_mask, grid, current, nearest) > 0
+        masks["trus_mask"] = torch.from_numpy(trus_mask.astype(np.float32))[None, None]
+        masks["mri_mask"] = torch.from_numpy(mri_mask.astype(np.float32))[None, None]
         masks = {k: v.to(device) for k, v in masks.items()}
     with torch.no_grad():
         params = network(trus_patch.to(device), mri_patch.to(device), **masks)

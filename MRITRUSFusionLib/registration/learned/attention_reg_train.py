@@ -9,7 +9,8 @@ Config keys (YAML, all optional; defaults in :data:`DEFAULTS`): ``seed``, ``samp
 sources), ``patch_size`` (i, j, k), ``patch_spacing_mm``, ``network`` (``AttentionReg`` arguments),
 ``batch_size``, ``learning_rate``, ``iterations``, ``schedule_iterations`` (length of the cosine
 learning-rate schedule, default ``iterations``), ``time_limit_s`` (a wall-clock stop: runs that hit it
-depend on the machine's speed; set ``iterations`` to the logged count to reproduce one exactly), ``validate_every``, ``max_sre_mm``
+depend on the machine's speed; set ``iterations`` to the logged count to reproduce one exactly),
+``validate_every``, ``max_sre_mm``
 (perturbations rescaled to an SRE uniform in [0, max]), ``max_translation_mm``/``max_rotation_deg`` (paper
 ranges before rescaling), ``centre_jitter_mm``, ``val_perturbations`` (fixed per val case),
 ``stages`` (refinement rounds at validation), ``previous_stages`` (a checkpoint whose stage networks run
