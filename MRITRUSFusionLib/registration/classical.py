@@ -57,9 +57,13 @@ class ClassicalOptions:
     #: Largest displacement of a B-spline control point, gland-driven / image-only.
     bspline_max_displacement_mm: float = 10.0
     image_bspline_max_displacement_mm: float = 3.0
+    #: Fraction of working-grid voxels sampled by the metric, image-only / gland-driven (the cropped distance
+    #: maps are small; sampling as many points as voxels makes the gland-driven result stable across seeds).
     sampling_fraction: float = 0.25
+    gland_sampling_fraction: float = 1.0
     histogram_bins: int = 32
-    seed: int = 0
+    #: Seed of the metric's random sampling; must be non-zero (SimpleITK takes 0 as "seed from the clock").
+    seed: int = 1
     rigid: StageSettings = field(default_factory=lambda: StageSettings(200, (4, 2, 1), (2.0, 1.0, 0.0)))
     affine: StageSettings = field(default_factory=lambda: StageSettings(200, (2, 1), (1.0, 0.0)))
     bspline: StageSettings = field(default_factory=lambda: StageSettings(30, (1,), (0.0,)))
@@ -96,6 +100,8 @@ def register_classical(fixed: sitk.Image, moving: sitk.Image, method: str = "bsp
     if (fixed_mask is None) != (moving_mask is None):
         raise InputError("gland-driven registration needs both --fixed-mask and --moving-mask")
     options = options or ClassicalOptions()
+    if options.seed == 0:
+        raise InputError("classical options: seed 0 would make SimpleITK sample from the clock; use a non-zero seed")
     problem = (_gland_problem(fixed_mask, moving_mask, options) if fixed_mask is not None
                else _image_problem(fixed, moving, options))
     stages = METHODS[: METHODS.index(method) + 1]
@@ -156,8 +162,10 @@ def _method(problem: _Problem, stage: StageSettings, options: ClassicalOptions) 
     else:
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.histogram_bins)
         method.SetMetricFixedMask(problem.fixed_mask)
+    fraction = options.gland_sampling_fraction if problem.gland_driven else options.sampling_fraction
+    # Random sampling (jittered positions) even at fraction 1: smoother metric than the voxel centres alone.
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(options.sampling_fraction, options.seed)
+    method.SetMetricSamplingPercentage(fraction, options.seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel(list(stage.shrink_factors))
     method.SetSmoothingSigmasPerLevel(list(stage.smoothing_mm))
