@@ -9,6 +9,7 @@ the whole batch (up to float rounding). Only rank 0 logs, validates and writes c
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -77,8 +78,15 @@ def setup(device: str = "auto") -> DistributedContext:
 
 
 def teardown(context: DistributedContext) -> None:
-    """Leave the process group if :func:`setup` joined it."""
+    """Leave the process group if :func:`setup` joined it.
+
+    DistributedDataParallel wrappers sit in reference cycles; collected only at interpreter shutdown, their
+    gloo work objects abort the process ("terminate called without an active exception"). So collect them
+    first, then wait for every process, then destroy the group.
+    """
     if context.owns_group and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
