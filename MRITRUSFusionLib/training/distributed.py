@@ -49,11 +49,6 @@ def world_size_from_environment() -> int:
         return 1
 
 
-def is_main_process() -> bool:
-    """Whether this process is rank 0 (always true outside ``torchrun``)."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
 def setup(device: str = "auto") -> DistributedContext:
     """The :class:`DistributedContext` of this process, joining the process group under ``torchrun``.
 

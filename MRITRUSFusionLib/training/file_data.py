@@ -108,7 +108,8 @@ class PrepareCased(MapTransform):
 
     def __init__(self, data: FileDataSection, spacing_mm: float, patch: Sequence[int], normalisation: str):
         super().__init__(keys=data.roles)
-        self.data, self.spacing_mm, self.patch, self.normalisation = data, float(spacing_mm), tuple(patch), normalisation
+        self.data, self.spacing_mm = data, float(spacing_mm)
+        self.patch, self.normalisation = tuple(patch), normalisation
 
     def _read(self, record: dict, role: str, grid: sitk.Image) -> np.ndarray:
         """(C, D, H, W) array of ``role`` on ``grid`` (labels: nearest neighbour, every channel)."""
@@ -185,7 +186,8 @@ class ShardSampler(Sampler):
     ``start + s * global_batch + rank * local_batch + [0, local_batch)``."""
 
     def __init__(self, start: int, local_batch: int, rank: int, world_size: int):
-        self.start, self.local_batch, self.rank, self.world_size = int(start), int(local_batch), int(rank), int(world_size)
+        self.start, self.local_batch = int(start), int(local_batch)
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def __iter__(self) -> Iterator[int]:
         step = 0
@@ -200,7 +202,8 @@ class FileBatches:
 
     def __init__(self, dataset: PatchDataset, global_batch: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0):
-        self.dataset, self.global_batch, self.rank, self.world_size = dataset, int(global_batch), int(rank), int(world_size)
+        self.dataset, self.global_batch = dataset, int(global_batch)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.num_workers = int(num_workers)
         self.position = 0
         self._iterator: Optional[Iterator] = None
