@@ -100,16 +100,20 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"{args.cases} phantom case(s) in {Path(args.out).resolve()} (DeepReg paired layout)")
 
 
+#: Learned registration methods this version ships (name -> what it does).
+LEARNED_METHODS = {"attention-reg": "rigid, seed 002 (Attention-Reg), two-stage refinement"}
+
+
 def cmd_register(args: argparse.Namespace) -> None:
     from .io import write_transform, write_volume
     from .registration.classical import METHODS, register_classical
     from .registration.warp import warp_image
 
     method = AUTO_METHOD if args.method == "auto" else args.method
-    if method not in METHODS:
+    if method not in METHODS and method not in LEARNED_METHODS:
         raise InputError(f"--method {args.method}: not available in this version "
-                         f"(available: auto, {', '.join(METHODS)})")
-    if args.weights:
+                         f"(available: auto, {', '.join(METHODS + tuple(LEARNED_METHODS))})")
+    if args.weights and method in METHODS:
         raise InputError("--weights: classical methods take no weights")
     _check_outputs(args.overwrite, args.transform_out, args.warped_out)
     if method == "bspline" and Path(args.transform_out).suffix.lower() != ".h5":
@@ -120,11 +124,31 @@ def cmd_register(args: argparse.Namespace) -> None:
     fixed, moving = _read_volume(args.fixed, "--fixed"), _read_volume(args.moving, "--moving")
     masks = ((_read_mask(args.fixed_mask, "--fixed-mask"), _read_mask(args.moving_mask, "--moving-mask"))
              if args.fixed_mask else (None, None))
-    transform = register_classical(fixed, moving, method, *masks)
+    if method in LEARNED_METHODS:
+        from .registration.learned.attention_reg_infer import register_attention_reg
+
+        transform = register_attention_reg(fixed, moving, weights=args.weights, device=args.device,
+                                           fixed_mask=masks[0], moving_mask=masks[1])
+    else:
+        transform = register_classical(fixed, moving, method, *masks)
     warped = warp_image(moving, fixed, transform) if args.warped_out else None
     write_transform(transform, args.transform_out, overwrite=args.overwrite)
     if warped is not None:
         write_volume(warped, args.warped_out, overwrite=args.overwrite)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from . import bench
+
+    png = args.png or str(Path(args.out).with_suffix(".png"))
+    _check_outputs(args.overwrite, args.out, png)
+    cases = bench.phantom_cases(args.phantoms, seed=args.seed, size=args.size)
+    if args.dataset:
+        cases += bench.dataset_cases(args.dataset, _case_names(args.cases) or [])
+    result = bench.run_benchmark(cases, repeats=args.repeats, timeout_s=args.timeout)
+    scaling = None if args.no_scaling else bench.scaling_curve(quick=args.quick, timeout_s=args.timeout)
+    bench.write_bench(result, args.out, png, overwrite=args.overwrite, scaling=scaling)
+    print(bench.format_table(result))
 
 
 def cmd_warp(args: argparse.Namespace) -> None:
@@ -308,7 +332,8 @@ def _registration_parsers(sub) -> None:
     p.add_argument("--fixed-mask", help="TRUS gland mask (with --moving-mask: gland-driven)")
     p.add_argument("--moving-mask", help="MRI gland mask")
     p.add_argument("--method", default="auto",
-                   help=f"rigid, affine or bspline (each includes the ones before); auto = {AUTO_METHOD}")
+                   help=f"rigid, affine or bspline (classical, each includes the ones before), "
+                        f"{', '.join(LEARNED_METHODS)} (learned); auto = {AUTO_METHOD}")
     p.add_argument("--weights", help="checkpoint of a learned method")
     p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")
     p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid")
@@ -355,6 +380,21 @@ def _other_parsers(sub) -> None:
                    help="where torch runs (default: the config's device; auto: CUDA when available)")
 
 
+def _bench_parser(sub) -> None:
+    p = _command(sub, "bench", cmd_bench, "time and accuracy of the registration methods vs SimpleITK B-spline")
+    p.add_argument("--out", required=True, help="bench.json")
+    p.add_argument("--png", help="plot of times, accuracy and scaling (default: next to --out)")
+    p.add_argument("--phantoms", type=int, default=2, help="phantom cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=96, help="phantom TRUS grid size (voxels per side)")
+    p.add_argument("--dataset", help="also these real cases (needs --cases)")
+    p.add_argument("--cases", help="case names, FIRST..LAST or a,b,c (never the held-out ones)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per case; the fastest is kept")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is recorded as failed")
+    p.add_argument("--quick", action="store_true", help="scaling at small sizes only (a smoke test)")
+    p.add_argument("--no-scaling", action="store_true", help="skip the 64³..256³ scaling curves")
+
+
 def _evaluate_parsers(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics against ground truth, one case or a whole dataset")
     kinds = evaluate.add_subparsers(dest="what", required=True, metavar="{registration,segmentation,detection}")
@@ -398,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _other_parsers(sub)
     _registration_parsers(sub)
     _evaluate_parsers(sub)
+    _bench_parser(sub)
     return parser
 
 

@@ -183,3 +183,14 @@ def test_evaluate_needs_the_options_of_its_mode(tmp_path, capsys):
     assert "--fixed-label" in capsys.readouterr().err
     assert main(["evaluate", "segmentation", "--dataset", str(tmp_path), "--out", str(tmp_path / "e")]) == 1
     assert "--predictions" in capsys.readouterr().err
+
+
+def test_register_attention_reg_writes_a_rigid_transform(phantom_dir, tmp_path):
+    paths = files(phantom_dir)
+    out = tmp_path / "T.tfm"
+    assert main(["--progress", "none", "register", "--fixed", paths["fixed_images"], "--moving", paths["moving_images"],
+                 "--method", "attention-reg", "--device", "cpu", "--transform-out", str(out)]) == 0
+    transform = sitk.ReadTransform(str(out))
+    matrix = np.array(sitk.AffineTransform(transform).GetMatrix() if transform.GetName() == "AffineTransform"
+                      else transform.Downcast().GetMatrix()).reshape(3, 3)
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(3), atol=1e-6)  # rigid: a rotation
