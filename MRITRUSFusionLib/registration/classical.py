@@ -52,6 +52,8 @@ class ClassicalOptions:
     gland_margin_mm: float = 15.0
     #: Signed distance maps are clipped to ± this value, so far-away voxels do not dominate.
     distance_clip_mm: float = 12.0
+    #: Gland-driven metric samples only where the TRUS gland surface is nearer than this (mm).
+    surface_band_mm: float = 8.0
     #: Spacing of the B-spline control-point grid.
     bspline_grid_spacing_mm: float = 30.0
     #: Largest displacement of a B-spline control point, gland-driven / image-only.
@@ -127,7 +129,8 @@ def _gland_problem(fixed_mask: sitk.Image, moving_mask: sitk.Image, options: Cla
     fixed_sdm = signed_distance_mm(resample_to(sitk.Cast(fixed_mask > 0, sitk.sitkFloat32), grid) > 0.5,
                                    options.distance_clip_mm)
     moving_sdm = signed_distance_mm(moving_mask, options.distance_clip_mm)
-    return _Problem(fixed_sdm, moving_sdm, gland_driven=True)
+    near_surface = sitk.Cast(sitk.Abs(fixed_sdm) < options.surface_band_mm, sitk.sitkUInt8)
+    return _Problem(fixed_sdm, moving_sdm, gland_driven=True, fixed_mask=near_surface)
 
 
 def _image_problem(fixed: sitk.Image, moving: sitk.Image, options: ClassicalOptions) -> _Problem:
@@ -161,6 +164,7 @@ def _method(problem: _Problem, stage: StageSettings, options: ClassicalOptions) 
         method.SetMetricAsMeanSquares()
     else:
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.histogram_bins)
+    if problem.fixed_mask is not None:
         method.SetMetricFixedMask(problem.fixed_mask)
     fraction = options.gland_sampling_fraction if problem.gland_driven else options.sampling_fraction
     # Random sampling (jittered positions) even at fraction 1: smoother metric than the voxel centres alone.
