@@ -54,10 +54,9 @@ def _read_channels(path: str, option: str) -> list[sitk.Image]:
 
 
 def _write_json(content: dict, path: str, overwrite: bool) -> None:
-    from .io import atomic_output
+    from .io import write_json
 
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+    write_json(content, path, overwrite)
 
 
 def _check_outputs(overwrite: bool, *paths: Optional[str]) -> None:

@@ -8,18 +8,19 @@ with 4D label channels (channel 0 gland, 1.. landmarks) that drive the registrat
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
 from .errors import InputError, OutputExistsError
 from .fusion import write_overlay_png
-from .io import Segment, atomic_output, write_seg_nrrd, write_transform, write_volume
+from .io import Segment, write_json, write_seg_nrrd, write_transform, write_volume
+from .metrics._image import voxel_volume_ml
 from .metrics.registration import registration_metrics, warp_mask
 from .metrics.segmentation import segmentation_metrics
 from .registration.classical import register_classical
@@ -99,7 +100,7 @@ def run_demo(inputs: DemoInputs, out: str | Path, method: str = "bspline", model
         files = _write_outputs(out, inputs, transform, mri_before, mri_in_trus, tumour, overwrite=True)
     report["timings_s"] = {**seconds, "total": round(sum(seconds.values()), 3)}
     report["files"] = {key: path.name for key, path in files.items()}
-    files["report"] = _write_json(report, out / REPORT)
+    files["report"] = write_json(report, out / REPORT)
     return DemoResult(files, report)
 
 
@@ -142,9 +143,8 @@ def _renamed_tre(before: dict, after: dict) -> dict:
 
 
 def _volume_ml(mask: sitk.Image) -> float:
-    voxels = int(sum(sitk.GetArrayViewFromImage(mask).ravel() > 0))
-    voxel_mm3 = float(mask.GetSpacing()[0] * mask.GetSpacing()[1] * mask.GetSpacing()[2])
-    return round(voxels * voxel_mm3 / 1000.0, 4)
+    """Foreground volume (mL) of ``mask``."""
+    return round(int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * voxel_volume_ml(mask), 4)
 
 
 def _write_outputs(out: Path, inputs: DemoInputs, transform: sitk.Transform, mri_before: sitk.Image,
@@ -174,12 +174,6 @@ def _contours(inputs: DemoInputs, transform: sitk.Transform, tumour: sitk.Image)
         "moving_contours_before": {"MRI gland": warp_mask(gland, inputs.trus, sitk.Transform())},
         "moving_contours_after": {"MRI gland": warp_mask(gland, inputs.trus, transform)},
     }
-
-
-def _write_json(content: dict, path: Path) -> Path:
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(content, indent=2, allow_nan=True) + "\n")
-    return path
 
 
 def summary_table(report: dict) -> str:

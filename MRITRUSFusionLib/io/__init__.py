@@ -3,7 +3,7 @@
 All geometry is physical (LPS, mm) as SimpleITK holds it; every writer is atomic and takes ``overwrite``.
 """
 
-from .atomic import atomic_output, full_suffix
+from .atomic import atomic_output, full_suffix, write_json
 from .datasets import Case, deepreg_paired_cases, manifest_cases, muregpro_cases, open_dataset
 from .labels import read_label, read_label_channels, write_label, write_label_channels
 from .points import read_points, write_points
@@ -15,5 +15,6 @@ __all__ = [
     "Case", "Segment", "as_affine", "atomic_output", "check_volume", "deepreg_paired_cases", "default_segments",
     "full_suffix", "is_linear", "manifest_cases", "muregpro_cases", "open_dataset", "read_label",
     "read_label_channels", "read_points", "read_seg_nrrd", "read_transform", "read_volume", "require_kind",
-    "write_label", "write_label_channels", "write_points", "write_seg_nrrd", "write_transform", "write_volume",
+    "write_json", "write_label", "write_label_channels", "write_points", "write_seg_nrrd", "write_transform",
+    "write_volume",
 ]

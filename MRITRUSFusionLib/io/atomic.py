@@ -44,3 +44,12 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_json(content: dict, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``content`` as indented JSON to ``path`` atomically; return the path."""
+    import json
+
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+    return Path(path)
