@@ -136,7 +136,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise InputError(f"device '{device}': unknown device; expected auto, cpu or cuda")
 
 
-def _check_geometry(checkpoint: dict, path: Path, spec: ModelSpec) -> tuple[float, tuple[int, int, int]]:
+def checkpoint_geometry(checkpoint: dict, path: Path, spec: ModelSpec) -> tuple[float, tuple[int, int, int]]:
     """(spacing_mm, patch_size) of ``checkpoint``, validated."""
     try:
         spacing = float(checkpoint["spacing_mm"])
@@ -150,7 +150,7 @@ def _check_geometry(checkpoint: dict, path: Path, spec: ModelSpec) -> tuple[floa
     return spacing, patch  # type: ignore[return-value]
 
 
-def _build_network(checkpoint: dict, path: Path, spec: ModelSpec) -> torch.nn.Module:
+def network_from_checkpoint(checkpoint: dict, path: Path, spec: ModelSpec) -> torch.nn.Module:
     """The network of ``spec`` built from the checkpoint's arguments, with its weights loaded."""
     arguments = checkpoint["arguments"]
     if not isinstance(arguments, dict):
@@ -182,8 +182,8 @@ def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = N
     checkpoint = read_checkpoint(path, expected=spec.expected)
     if checkpoint["model"] != spec.name:
         raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
-    spacing, patch = _check_geometry(checkpoint, path, spec)
-    network = _build_network(checkpoint, path, spec).to(target).eval()
+    spacing, patch = checkpoint_geometry(checkpoint, path, spec)
+    network = network_from_checkpoint(checkpoint, path, spec).to(target).eval()
     metadata = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     return LoadedModel(spec=spec, network=network, device=target, spacing_mm=spacing, patch_size=patch,
                        normalisation=str(checkpoint["normalisation"]), path=path, metadata=metadata)
