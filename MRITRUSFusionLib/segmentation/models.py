@@ -39,7 +39,12 @@ class ModelSpec:
         patch_size: patch side lengths in voxels (i, j, k) for training and sliding-window inference.
         normalisation: intensity normalisation name (see :func:`.preprocessing.normalise`).
         weights_file: file name of the default weights.
-        tumour_channel: output channel holding the tumour class.
+        tumour_channel: output channel holding the target class (the tumour, or the gland of gland models).
+        inputs: input roles in network channel order: ``trus``, ``mri`` or ``adc`` (the ``segment`` options).
+            The first is the reference: outputs lie on its grid; MRI-space roles (``mri``, ``adc``) are
+            resampled onto a TRUS reference through the registration transform, other roles through
+            physical space (identity).
+        target: what the target channel segments, ``tumour`` or ``gland`` (segment names, lesion lists).
     """
 
     name: str
@@ -51,6 +56,8 @@ class ModelSpec:
     normalisation: str = "zscore-foreground"
     weights_file: str = ""
     tumour_channel: int = 1
+    inputs: tuple[str, ...] = ("trus",)
+    target: str = "tumour"
 
     @property
     def expected(self) -> str:
@@ -64,6 +71,16 @@ MODELS: dict[str, ModelSpec] = {
         arguments={"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
         spacing_mm=0.8, patch_size=(64, 64, 64), normalisation="zscore-foreground",
         weights_file="trus-unet.pt"),
+    "gland-trus": ModelSpec(
+        name="gland-trus", description="MONAI UNet 3D, TRUS → background/gland", builder=build_trus_unet,
+        arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
+        spacing_mm=1.5, patch_size=(48, 64, 48), normalisation="zscore-foreground",
+        weights_file="gland-trus.pt", inputs=("trus",), target="gland"),
+    "gland-mri": ModelSpec(
+        name="gland-mri", description="MONAI UNet 3D, MRI → background/gland", builder=build_trus_unet,
+        arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
+        spacing_mm=1.5, patch_size=(64, 64, 64), normalisation="zscore",
+        weights_file="gland-mri.pt", inputs=("mri",), target="gland"),
 }
 
 
