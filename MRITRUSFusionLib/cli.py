@@ -172,26 +172,44 @@ def cmd_map_points(args: argparse.Namespace) -> None:
     write_points(map_points_to_fixed(transform, points), labels, args.out, overwrite=args.overwrite)
 
 
-def cmd_segment(args: argparse.Namespace) -> None:
-    from .demo import TUMOUR_SEGMENT
-    from .io import write_label, write_seg_nrrd, write_volume
-    from .segmentation.inference import segment_trus
+#: ``segment`` options naming input images, as model input roles.
+SEGMENT_ROLES = ("trus", "mri", "adc")
 
-    if args.model != "trus-unet":
-        raise InputError(f"--model {args.model}: not available in this version (available: trus-unet)")
-    if args.trus is None:
-        raise InputError("--trus: the trus-unet model segments a TRUS volume; give --trus")
-    if args.mri or args.adc or args.transform:
-        raise InputError("--mri/--adc/--transform: trus-unet uses the TRUS only")
-    _check_outputs(args.overwrite, args.out, args.probabilities_out)
-    label, probability = segment_trus(_read_volume(args.trus, "--trus"), args.model, args.weights, args.device,
-                                      threshold=args.threshold, return_probability=True)
-    if args.out.lower().endswith(".seg.nrrd"):
-        write_seg_nrrd(label, args.out, [TUMOUR_SEGMENT], overwrite=args.overwrite)
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .io import read_transform, write_label, write_seg_nrrd, write_volume
+    from .io.atomic import full_suffix
+    from .segmentation.inference import check_inputs, segment
+    from .segmentation.lesions import write_lesions
+    from .segmentation.models import MODELS
+
+    if args.model not in MODELS:
+        raise InputError(f"--model {args.model}: unknown model (available: {', '.join(sorted(MODELS))})")
+    spec = MODELS[args.model]
+    given = [role for role in SEGMENT_ROLES if getattr(args, role) is not None]
+    check_inputs(spec, given, args.transform is not None)
+    if args.lesions_out and spec.target != "tumour":
+        raise InputError(f"--lesions-out: model '{spec.name}' segments the {spec.target}, not lesions")
+    if args.lesions_out and full_suffix(args.lesions_out) not in (".json", ".csv"):
+        raise InputError(f"--lesions-out {args.lesions_out}: write lesion candidates as .json or .csv")
+    _check_outputs(args.overwrite, args.out, args.probabilities_out, args.lesions_out)
+    images = {role: _read_volume(getattr(args, role), f"--{role}") for role in given}
+    transform = read_transform(args.transform, name="--transform") if args.transform else None
+    result = segment(images, spec.name, args.weights, args.device, transform, args.threshold, args.min_volume,
+                     args.tta)
+    if full_suffix(args.out) == ".seg.nrrd":
+        write_seg_nrrd(result.label, args.out, result.segments, overwrite=args.overwrite)
     else:
-        write_label(label, args.out, overwrite=args.overwrite)
+        write_label(result.label, args.out, overwrite=args.overwrite)
     if args.probabilities_out:
-        write_volume(probability, args.probabilities_out, overwrite=args.overwrite)
+        write_volume(result.probability, args.probabilities_out, overwrite=args.overwrite)
+    if args.lesions_out:
+        write_lesions(result.lesions, args.lesions_out, overwrite=args.overwrite, model=spec.name,
+                      threshold=args.threshold, min_volume_mm3=args.min_volume)
+    volume_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(result.label))) * np.prod(
+        result.label.GetSpacing()) / 1000.0
+    print(json.dumps({"model": spec.name, "target": spec.target, "volume_ml": round(float(volume_ml), 3),
+                      "segments": [segment.name for segment in result.segments]}))
 
 
 def _require(args: argparse.Namespace, *options: str) -> None:
@@ -358,16 +376,23 @@ def _other_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first case (case k uses seed + k)")
     p.add_argument("--tumours", type=int, default=1, help="tumours per case")
 
-    p = _command(sub, "segment", cmd_segment, "segment the tumour on TRUS")
-    p.add_argument("--trus")
-    p.add_argument("--mri")
-    p.add_argument("--adc")
-    p.add_argument("--transform")
-    p.add_argument("--model", default="trus-unet")
+    p = _command(sub, "segment", cmd_segment,
+                 "segment the tumour or the gland; the model decides which images it needs")
+    p.add_argument("--trus", help="TRUS volume (trus-unet, gland-trus, and models fusing TRUS with MRI)")
+    p.add_argument("--mri", help="T2W MRI volume (gland-mri; with --transform for models on the TRUS grid)")
+    p.add_argument("--adc", help="ADC map in MRI space")
+    p.add_argument("--transform", help="registration, TRUS point -> MRI point (models putting the MRI on the TRUS)")
+    p.add_argument("--model", default="trus-unet",
+                   help="trus-unet, gland-trus, gland-mri, ... (output grid: the first input the model takes)")
     p.add_argument("--weights", help="checkpoint (default: the bundled weights)")
-    p.add_argument("--threshold", type=float, default=0.5, help="tumour probability threshold (0..1)")
-    p.add_argument("--out", required=True, help="segmentation (.seg.nrrd, or any label-map format)")
-    p.add_argument("--probabilities-out", help="tumour probability map (0..1, float) on the TRUS grid")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0..1)")
+    p.add_argument("--min-volume", type=float, default=50.0, metavar="MM3",
+                   help="smallest kept lesion candidate in mm³ (tumour models; 0 keeps all)")
+    p.add_argument("--tta", action="store_true", help="average over the flips the model was trained with")
+    p.add_argument("--out", required=True,
+                   help="segmentation: .seg.nrrd (named, coloured segments) or a label map (1 gland, k+1 lesion k)")
+    p.add_argument("--probabilities-out", help="target probability map (0..1, float) on the output grid")
+    p.add_argument("--lesions-out", help="lesion candidates (.json or .csv): volume mL, max probability, centroid")
     _add_device(p)
 
     p = _command(sub, "train", cmd_train, "train a model from a YAML config")

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ...devices import fallback_allowed, run_with_cpu_fallback
 from ...errors import InputError
 from ...segmentation.checkpoints import read_checkpoint
 from ...segmentation.models import BUNDLED_MODELS_DIR, ENV_MODELS, INSTALLED_MODELS_DIR, resolve_device
@@ -129,7 +130,8 @@ def refine(networks: Sequence[AttentionReg], trus: sitk.Image, mri: sitk.Image, 
 def register_attention_reg(fixed: sitk.Image, moving: sitk.Image, initial: Optional[sitk.Transform] = None,
                            weights: Union[str, os.PathLike, None] = None, device: Union[str, torch.device] = "auto",
                            stages: int = 2, fixed_mask: Optional[sitk.Image] = None,
-                           moving_mask: Optional[sitk.Image] = None) -> sitk.Transform:
+                           moving_mask: Optional[sitk.Image] = None,
+                           allow_cpu_fallback: Optional[bool] = None) -> sitk.Transform:
     """Rigid MRI→TRUS registration with Attention-Reg (seed 002).
 
     Args:
@@ -142,13 +144,16 @@ def register_attention_reg(fixed: sitk.Image, moving: sitk.Image, initial: Optio
         fixed_mask: TRUS gland mask: the network patch is centred on its centroid (and fed to a
             mask-input checkpoint).
         moving_mask: MRI gland mask (only for a mask-input checkpoint).
+        allow_cpu_fallback: when CUDA runs out of memory, warn and rerun on the CPU; default: only for
+            ``device="auto"`` (see :mod:`MRITRUSFusionLib.devices`).
 
     Returns:
         A transform mapping a TRUS point to an MRI point: an ``AffineTransform`` (rigid matrix) when
         ``initial`` is linear, else a ``CompositeTransform`` of ``initial`` then the rigid corrections.
 
     Raises:
-        InputError: missing or incompatible weights (naming the expected architecture), bad images.
+        InputError: missing or incompatible weights (naming the expected architecture), bad images, CUDA out
+            of memory without the CPU fallback.
     """
     for name, image in (("fixed", fixed), ("moving", moving)):
         if not isinstance(image, sitk.Image) or image.GetDimension() != 3:
@@ -156,11 +161,15 @@ def register_attention_reg(fixed: sitk.Image, moving: sitk.Image, initial: Optio
     if stages < 0:
         raise InputError(f"stages: expected >= 0, got {stages}")
     torch_device = resolve_device(device)
-    networks, checkpoint = load_attention_reg(weights, torch_device)
     centre = _mask_centroid(fixed_mask) if fixed_mask is not None else image_centre_mm(fixed)
     current = _as_linear(initial)
     if current.IsLinear():
         from .attention_reg_data import linear_matrix, matrix_to_affine
         current = matrix_to_affine(linear_matrix(current))
-    return refine(networks, fixed, moving, current, centre, checkpoint["patch_size"],
-                  float(checkpoint["spacing_mm"]), stages, torch_device, fixed_mask, moving_mask)
+
+    def run(on: torch.device) -> sitk.Transform:
+        networks, checkpoint = load_attention_reg(weights, on)
+        return refine(networks, fixed, moving, current, centre, checkpoint["patch_size"],
+                      float(checkpoint["spacing_mm"]), stages, on, fixed_mask, moving_mask)
+    return run_with_cpu_fallback(run, torch_device, "attention-reg registration",
+                                 fallback_allowed(device, allow_cpu_fallback))

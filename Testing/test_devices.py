@@ -1,0 +1,106 @@
+"""CUDA out of memory during inference: a one-line warning and a CPU rerun with the CPU's exact result when the
+fallback is allowed (``--device auto``), one clear error line when it is not (``--device cuda``).
+
+No GPU is needed: the accelerator is played by PyTorch's ``meta`` device (weights and inputs really move there,
+so the CPU rerun must reload everything), and the network's forward raises ``torch.cuda.OutOfMemoryError`` for
+inputs on it, as a CUDA allocation failure would.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MRITRUSFusionLib.cli import main
+from MRITRUSFusionLib.errors import InputError
+from MRITRUSFusionLib.io import write_volume
+from MRITRUSFusionLib.phantom import generate_phantom
+from MRITRUSFusionLib.registration.learned import attention_reg_infer
+from MRITRUSFusionLib.registration.learned.attention_reg import AttentionReg
+from MRITRUSFusionLib.registration.learned.attention_reg_infer import register_attention_reg
+
+OOM = "CUDA out of memory. Tried to allocate 1.50 GiB"
+ACCELERATOR = torch.device("meta")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    case = generate_phantom(seed=3, trus_size=(48, 48, 48), trus_spacing=(1.6, 1.6, 1.6),
+                            mri_size=(40, 40, 28), mri_spacing=(2.0, 2.0, 3.0))
+    return case.trus, case.mri
+
+
+@pytest.fixture(scope="module")
+def cpu_transform(pair):
+    """Attention-Reg on the CPU, before any patching: the result a fallback must reproduce exactly."""
+    return register_attention_reg(*pair, device="cpu")
+
+
+def raise_oom_off_cpu(forward):
+    """``forward`` that raises CUDA's out-of-memory error for inputs on the accelerator."""
+    def patched(self, *inputs, **options):
+        if inputs[0].device == ACCELERATOR:
+            raise torch.cuda.OutOfMemoryError(f"{OOM} (GPU 0; 7.79 GiB total capacity)\nmore detail")
+        return forward(self, *inputs, **options)
+    return patched
+
+
+def patch_accelerator(monkeypatch) -> None:
+    """Any requested device resolves to the accelerator, where every network call runs out of memory."""
+    monkeypatch.setattr(attention_reg_infer, "resolve_device", lambda device: ACCELERATOR)
+    monkeypatch.setattr(AttentionReg, "forward", raise_oom_off_cpu(AttentionReg.forward))
+
+
+@pytest.fixture
+def full_accelerator(monkeypatch):
+    patch_accelerator(monkeypatch)
+
+
+def fallback_warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and OOM in r.getMessage()]
+
+
+def parameters(transform: sitk.Transform) -> tuple:
+    return tuple(transform.GetParameters()) + tuple(transform.GetFixedParameters())
+
+
+@pytest.mark.parametrize("device, allow", [("auto", None), ("cuda", True)])
+def test_out_of_memory_reruns_on_cpu_with_one_warning(pair, cpu_transform, full_accelerator, caplog, device, allow):
+    with caplog.at_level(logging.WARNING, logger="MRITRUSFusionLib"):
+        transform = register_attention_reg(*pair, device=device, allow_cpu_fallback=allow)
+    assert parameters(transform) == parameters(cpu_transform)
+    warnings = fallback_warnings(caplog)
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith("warning: attention-reg registration: ")
+    assert "on meta; running on the CPU instead" in warnings[0]
+
+
+@pytest.mark.parametrize("device, allow", [("cuda", None), ("auto", False)])
+def test_out_of_memory_without_fallback_is_one_clear_error(pair, full_accelerator, caplog, device, allow):
+    with pytest.raises(InputError) as error:
+        register_attention_reg(*pair, device=device, allow_cpu_fallback=allow)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"attention-reg registration: {OOM}")
+    assert "--device cpu" in message and "--device auto" in message
+    assert not fallback_warnings(caplog)
+
+
+def test_cli_warns_once_and_writes_the_cpu_result(pair, monkeypatch, tmp_path, capsys):
+    fixed, moving = (write_volume(image, tmp_path / f"{name}.nii.gz") for name, image in zip("fm", pair))
+    register = ["--progress", "none", "register", "--fixed", str(fixed), "--moving", str(moving),
+                "--method", "attention-reg", "--transform-out"]
+    assert main(register + [str(tmp_path / "cpu.tfm"), "--device", "cpu"]) == 0
+    patch_accelerator(monkeypatch)
+    assert main(register + [str(tmp_path / "T.tfm"), "--device", "cuda"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: attention-reg registration: CUDA out of memory")
+    assert not (tmp_path / "T.tfm").exists()
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as for a CLI user: Python's last-resort handler
+    assert main(register + [str(tmp_path / "T.tfm"), "--device", "auto"]) == 0
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert len(stderr) == 1 and stderr[0].startswith("warning: attention-reg registration: CUDA out of memory")
+    assert (tmp_path / "T.tfm").read_bytes() == (tmp_path / "cpu.tfm").read_bytes()
