@@ -179,6 +179,7 @@ SEGMENT_ROLES = ("trus", "mri", "adc")
 def cmd_segment(args: argparse.Namespace) -> None:
     from .io import read_transform, write_label, write_seg_nrrd, write_volume
     from .io.atomic import full_suffix
+    from .metrics._image import voxel_volume_ml
     from .segmentation.inference import check_inputs, segment
     from .segmentation.lesions import write_lesions
     from .segmentation.models import MODELS
@@ -206,8 +207,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.lesions_out:
         write_lesions(result.lesions, args.lesions_out, overwrite=args.overwrite, model=spec.name,
                       threshold=args.threshold, min_volume_mm3=args.min_volume)
-    volume_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(result.label))) * np.prod(
-        result.label.GetSpacing()) / 1000.0
+    volume_ml = np.count_nonzero(sitk.GetArrayViewFromImage(result.label)) * voxel_volume_ml(result.label)
     print(json.dumps({"model": spec.name, "target": spec.target, "volume_ml": round(float(volume_ml), 3),
                       "segments": [segment.name for segment in result.segments]}))
 

@@ -25,3 +25,12 @@ def remove_small_components(mask: sitk.Image, min_volume_mm3: float = DEFAULT_MI
     result = sitk.Cast(kept > 0, sitk.sitkUInt8)
     result.CopyInformation(mask)
     return result
+
+
+def largest_component(mask: sitk.Image) -> sitk.Image:
+    """The largest 26-connected component of ``mask`` (> 0 = foreground) as a uint8 0/1 image on its grid
+    (all zero when ``mask`` is empty)."""
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.Cast(mask > 0, sitk.sitkUInt8), True))
+    result = sitk.Cast(components == 1, sitk.sitkUInt8)
+    result.CopyInformation(mask)
+    return result

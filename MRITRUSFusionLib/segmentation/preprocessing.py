@@ -16,14 +16,18 @@ _MIN_FOREGROUND_VOXELS = 64
 def model_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """An empty float32 grid of isotropic ``spacing_mm`` covering the physical extent of ``image``.
 
-    Origin (centre of the first voxel, LPS mm) and direction are those of ``image``; the size is the
-    number of ``spacing_mm`` voxels needed to cover ``size × spacing`` along each image axis.
+    Same direction as ``image``; along each image axis, as many ``spacing_mm`` voxels as needed to cover
+    ``size × spacing`` (mm), centred on the image: the two grids share their centre, so no voxel centre of
+    either lies more than half a model voxel outside the other (no output voxel is interpolated from
+    padding). At ``image``'s own spacing the grid is ``image``'s grid.
     """
-    extent_mm = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())
-    size = [max(1, int(np.ceil(e / spacing_mm - 1e-6))) for e in extent_mm]
-    grid = sitk.Image(size, sitk.sitkFloat32)
+    size_in, spacing_in = np.asarray(image.GetSize()), np.asarray(image.GetSpacing())
+    size = np.maximum(1, np.ceil(size_in * spacing_in / spacing_mm - 1e-6)).astype(int)
+    shift = ((size_in - 1) * spacing_in - (size - 1) * spacing_mm) / 2.0  # mm along each image axis
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    grid = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
     grid.SetSpacing([float(spacing_mm)] * 3)
-    grid.SetOrigin(image.GetOrigin())
+    grid.SetOrigin([float(v) for v in np.asarray(image.GetOrigin()) + direction @ shift])
     grid.SetDirection(image.GetDirection())
     return grid
 
