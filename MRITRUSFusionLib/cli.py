@@ -22,8 +22,6 @@ from . import __version__, progress
 from .errors import FusionError, InputError
 
 EXIT_FAILURE = 1
-#: What ``--method auto`` runs: the best chain this version has.
-AUTO_METHOD = "bspline"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -99,37 +97,32 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"{args.cases} phantom case(s) in {Path(args.out).resolve()} (DeepReg paired layout)")
 
 
-#: Learned registration methods this version ships (name -> what it does).
-LEARNED_METHODS = {"attention-reg": "rigid, seed 002 (Attention-Reg), two-stage refinement"}
+def _linear_method(method: str) -> bool:
+    """Whether ``method`` returns a linear transform (written as .tfm/.txt; others need .h5)."""
+    from .registration.classical import METHODS
+    from .registration.learned.models import REGISTRATION_MODELS
+
+    spec = REGISTRATION_MODELS.get(method)
+    return method in METHODS[:2] or method == "attention-reg" or (spec is not None and spec.kind == "affine")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
     from .io import write_transform, write_volume
-    from .registration.classical import METHODS, register_classical
+    from .registration.methods import method_names, register
     from .registration.warp import warp_image
 
-    method = AUTO_METHOD if args.method == "auto" else args.method
-    if method not in METHODS and method not in LEARNED_METHODS:
-        raise InputError(f"--method {args.method}: not available in this version "
-                         f"(available: auto, {', '.join(METHODS + tuple(LEARNED_METHODS))})")
-    if args.weights and method in METHODS:
-        raise InputError("--weights: classical methods take no weights")
+    if args.method not in method_names():
+        raise InputError(f"--method {args.method}: unknown method (available: {', '.join(method_names())})")
     _check_outputs(args.overwrite, args.transform_out, args.warped_out)
-    if method == "bspline" and Path(args.transform_out).suffix.lower() != ".h5":
-        raise InputError(f"--transform-out {args.transform_out}: a bspline transform holds a deformation; "
+    if not _linear_method(args.method) and Path(args.transform_out).suffix.lower() != ".h5":
+        raise InputError(f"--transform-out {args.transform_out}: method '{args.method}' can return a deformation; "
                          "write it as .h5")
     if (args.fixed_mask is None) != (args.moving_mask is None):
         raise InputError("--fixed-mask and --moving-mask: give both (gland-driven) or neither (image-only)")
     fixed, moving = _read_volume(args.fixed, "--fixed"), _read_volume(args.moving, "--moving")
     masks = ((_read_mask(args.fixed_mask, "--fixed-mask"), _read_mask(args.moving_mask, "--moving-mask"))
              if args.fixed_mask else (None, None))
-    if method in LEARNED_METHODS:
-        from .registration.learned.attention_reg_infer import register_attention_reg
-
-        transform = register_attention_reg(fixed, moving, weights=args.weights, device=args.device,
-                                           fixed_mask=masks[0], moving_mask=masks[1])
-    else:
-        transform = register_classical(fixed, moving, method, *masks)
+    transform = register(fixed, moving, args.method, *masks, weights=args.weights, device=args.device)
     warped = warp_image(moving, fixed, transform) if args.warped_out else None
     write_transform(transform, args.transform_out, overwrite=args.overwrite)
     if warped is not None:
@@ -349,8 +342,10 @@ def _registration_parsers(sub) -> None:
     p.add_argument("--fixed-mask", help="TRUS gland mask (with --moving-mask: gland-driven)")
     p.add_argument("--moving-mask", help="MRI gland mask")
     p.add_argument("--method", default="auto",
-                   help=f"rigid, affine or bspline (classical, each includes the ones before), "
-                        f"{', '.join(LEARNED_METHODS)} (learned); auto = {AUTO_METHOD}")
+                   help="rigid, affine or bspline (classical, each includes the ones before; gland-driven with "
+                        "masks), attention-reg, vit-affine, ecmca-lstm, localnet, globalnet (learned); auto = "
+                        "gland-driven bspline with masks, else the learned chain globalnet -> vit-affine -> "
+                        "ecmca-lstm (stages with weights), else image-only bspline")
     p.add_argument("--weights", help="checkpoint of a learned method")
     p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")
     p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid")

@@ -58,12 +58,23 @@ def check_model_name(config: "TrainingConfig", source: str = "config") -> None:
                          f"available: {', '.join(known_models())} (got {name!r})")
 
 
-class LossSection(Section):
-    """Dice + cross-entropy (``monai.losses.DiceCELoss`` on softmax outputs) with their weights."""
+class LossTerm(Section):
+    """One weighted term of a registration loss (see :mod:`MRITRUSFusionLib.losses.registration`)."""
 
-    name: Literal["dice_ce"] = "dice_ce"
+    name: str
+    weight: float = Field(1.0, ge=0)
+    #: Keyword arguments of the term (e.g. ``num_bins`` of ``mi``).
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossSection(Section):
+    """Segmentation models: Dice + cross-entropy (``monai.losses.DiceCELoss`` on softmax outputs) with their
+    weights. Registration models: the weighted sum of ``terms`` (``name: terms``)."""
+
+    name: Literal["dice_ce", "terms"] = "dice_ce"
     lambda_dice: float = Field(1.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0)
+    terms: list[LossTerm] = Field(default_factory=list)
 
 
 class AffineAugmentation(Section):
@@ -129,10 +140,11 @@ class OptimiserSection(Section):
 
 class ValidationSection(Section):
     """What validation scores: phantom ``seeds`` (default phantom configuration) and/or the file source's
-    ``validation_cases``; ``metric`` picks the best checkpoint (``dice``: higher is better, ``loss``: lower)."""
+    ``validation_cases``; ``metric`` picks the best checkpoint (``dice``: higher is better; ``loss`` and, for
+    registration models, mean landmark ``tre`` in mm: lower)."""
 
     seeds: list[int] = Field(default_factory=list)
-    metric: Literal["dice", "loss"] = "dice"
+    metric: Literal["dice", "tre", "loss"] = "dice"
 
     @field_validator("seeds")
     @classmethod

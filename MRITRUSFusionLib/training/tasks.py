@@ -8,7 +8,7 @@ model of the segmentation registry; registration models of later work register t
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,7 +18,10 @@ from monai.losses import DiceCELoss
 from ..errors import InputError
 from ..segmentation.checkpoints import make_checkpoint
 from ..segmentation.models import MODELS as SEGMENTATION_MODELS
+from ..registration.learned.models import REGISTRATION_MODELS
 from ..segmentation.models import ModelSpec, model_spec
+from .registration_task import RegistrationTask
+from .sources import DataSource, build_source
 
 #: Extra model name -> task factory ``(config) -> task`` (registration models add themselves here).
 _TASKS: dict[str, Callable] = {}
@@ -31,7 +34,7 @@ def register_task(name: str, factory: Callable) -> None:
 
 def known_models() -> list[str]:
     """Every model name a config may train."""
-    return sorted(set(SEGMENTATION_MODELS) | set(_TASKS))
+    return sorted(set(SEGMENTATION_MODELS) | set(REGISTRATION_MODELS) | set(_TASKS))
 
 
 def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -50,6 +53,9 @@ class SegmentationTask:
     def __init__(self, config):
         self.config = config
         self.spec: ModelSpec = model_spec(config.model.name)
+        if config.validation.metric == "tre" or config.loss.terms:
+            raise InputError(f"config: segmentation model '{self.spec.name}' takes loss 'dice_ce' and validation "
+                             f"metric 'dice' or 'loss' (loss.terms and metric 'tre' are for registration models)")
 
     @property
     def normalisation(self) -> str:
@@ -64,6 +70,10 @@ class SegmentationTask:
         except (TypeError, ValueError, AssertionError) as error:
             raise InputError(f"config key 'model.arguments': {arguments} do not build "
                              f"{self.spec.expected}: {error}") from None
+
+    def build_source(self, config, rank: int, world_size: int) -> DataSource:
+        """Patches of ``config.data`` (phantoms or files) and the validation volumes."""
+        return build_source(config, self.normalisation, rank, world_size)
 
     def loss_function(self, loss) -> Callable:
         """The loss of a :class:`.config.LossSection`."""
@@ -101,17 +111,22 @@ class SegmentationTask:
                                self.normalisation, **extra)
 
 
-def task_for(config) -> SegmentationTask:
+Task = Union[SegmentationTask, RegistrationTask]
+
+
+def task_for(config) -> Task:
     """The task training ``config.model.name``."""
     name = config.model.name
     if name in _TASKS:
         return _TASKS[name](config)
+    if name in REGISTRATION_MODELS:
+        return RegistrationTask(config)
     return SegmentationTask(config)
 
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is a better model."""
-    return metric != "loss"
+    return metric not in ("loss", "tre")
 
 
 def is_better(metric: str, value: float, best: Optional[float]) -> bool:

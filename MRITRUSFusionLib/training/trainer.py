@@ -31,10 +31,10 @@ from .data_config import check_data_paths
 from .monitor import TrainingMonitor
 from .optim import build_optimiser, build_scheduler
 from .phases import Phase, apply_phase, check_phases, phase_at, plan_phases
-from .sources import DataSource, build_source
+from .sources import DataSource
 from .state import (RunProgress, inference_checkpoint, read_training_checkpoint, restore, save,
                     training_checkpoint)
-from .tasks import SegmentationTask, is_better, task_for
+from .tasks import Task, is_better, task_for
 
 log = logging.getLogger("MRITRUSFusionLib.training")
 
@@ -63,7 +63,7 @@ class Run:
     """Everything a training run holds while it goes."""
 
     config: TrainingConfig
-    task: SegmentationTask
+    task: Task
     context: distributed.DistributedContext
     run_dir: Path
     network: torch.nn.Module
@@ -111,7 +111,7 @@ def _grad_scaler():
     return torch.cuda.amp.GradScaler()
 
 
-def _prepare(config: TrainingConfig, task: SegmentationTask, context: distributed.DistributedContext,
+def _prepare(config: TrainingConfig, task: Task, context: distributed.DistributedContext,
              run_dir: Path, checkpoint: Optional[dict]) -> Run:
     """Build network, data, optimiser and schedule (seeded), and restore ``checkpoint`` when resuming."""
     network, arguments = task.build()
@@ -119,7 +119,7 @@ def _prepare(config: TrainingConfig, task: SegmentationTask, context: distribute
     plan = plan_phases(config)
     check_phases(plan, network)
     with (stage("prepare", 1) if context.is_main else contextlib.nullcontext()) as bar:
-        source = build_source(config, task.normalisation, context.rank, context.world_size)
+        source = task.build_source(config, context.rank, context.world_size)
         if bar is not None:
             bar.advance(1, source.description)
             log.info("data: %s", source.description)

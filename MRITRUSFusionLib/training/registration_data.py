@@ -1,0 +1,179 @@
+"""Training pairs for learned registration: TRUS/MRI pairs with gland + landmark labels on the model's grid.
+
+Each case (files in any dataset layout, or a phantom) is put once on its registration grid
+(:func:`MRITRUSFusionLib.registration.learned.grid.registration_grid`: the model's box centred on the TRUS,
+as at inference), images z-scored in their field of view, label channels (0 gland, 1.. landmarks, padded
+with empty channels to a common count) sampled nearest-neighbour. Cases are kept in memory.
+
+Each sample is one case augmented with its own seed: flips and intensity changes of both images (joint),
+then a random affine and elastic deformation of the MRI and its labels only (``augmentation.affine`` /
+``augmentation.elastic``), which widens the misalignments the network learns to undo. Batches are drawn
+like :class:`.phantom_data.PhantomBatches`: one seeded generator per run, each process keeps its slice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..io import Case, read_label_channels, read_volume
+from ..phantom import generate_phantom
+from ..registration.learned.grid import normalised_on_grid, registration_grid
+from .augmentation import augment, build_augmentation
+from .config import AugmentationSection, TrainingConfig
+from .data_config import FileDataSection
+from .file_data import list_cases
+from .phantom_data import phantom_overrides
+
+IMAGE_KEYS = ("fixed_image", "moving_image")
+LABEL_KEYS = ("fixed_label", "moving_label")
+
+
+@dataclass
+class RegistrationCase:
+    """One pair on its registration grid: images (1, D, H, W) float32, labels (L, D, H, W) uint8."""
+
+    name: str
+    fixed_image: np.ndarray
+    moving_image: np.ndarray
+    fixed_label: np.ndarray
+    moving_label: np.ndarray
+    spacing_mm: float
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {key: getattr(self, key) for key in (*IMAGE_KEYS, *LABEL_KEYS)}
+
+
+def labels_on_grid(channels: Sequence[sitk.Image], grid: sitk.Image) -> np.ndarray:
+    """Binary label channels sampled nearest-neighbour on ``grid``: (L, D, H, W) uint8."""
+    return np.stack([sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(channel > 0, sitk.sitkUInt8), grid,
+                                                          sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+                     for channel in channels])
+
+
+def make_registration_case(name: str, fixed: sitk.Image, moving: sitk.Image, fixed_labels: Sequence[sitk.Image],
+                           moving_labels: Sequence[sitk.Image], size: Sequence[int],
+                           spacing_mm: float) -> RegistrationCase:
+    """A :class:`RegistrationCase` on the grid of ``size`` voxels (i, j, k) at ``spacing_mm`` around ``fixed``.
+
+    Only channels present in both label lists are kept (fixed channel ``c`` corresponds to moving channel ``c``).
+    """
+    grid = registration_grid(fixed, size, spacing_mm)
+    count = min(len(fixed_labels), len(moving_labels))
+    return RegistrationCase(name, normalised_on_grid(fixed, grid)[None], normalised_on_grid(moving, grid)[None],
+                            labels_on_grid(fixed_labels[:count], grid), labels_on_grid(moving_labels[:count], grid),
+                            float(spacing_mm))
+
+
+def file_case(case: Case, size: Sequence[int], spacing_mm: float) -> RegistrationCase:
+    """The :class:`RegistrationCase` of a dataset case (both label files required)."""
+    return make_registration_case(
+        case.name, read_volume(case.fixed_image, name=f"{case.name} fixed image"),
+        read_volume(case.moving_image, name=f"{case.name} moving image"),
+        read_label_channels(case.fixed_label, name=f"{case.name} fixed label"),
+        read_label_channels(case.moving_label, name=f"{case.name} moving label"), size, spacing_mm)
+
+
+def phantom_registration_case(seed: int, config: TrainingConfig, default_anatomy: bool = False) -> RegistrationCase:
+    """The pair of phantom ``seed`` (anatomy drawn from ``config.data`` unless ``default_anatomy``)."""
+    overrides = {"seed": int(seed)} if default_anatomy else phantom_overrides(seed, config.data)
+    case = generate_phantom(**overrides)
+    return make_registration_case(f"phantom{seed}", case.trus, case.mri, case.trus_labels, case.mri_labels,
+                                  config.patch_size, config.spacing_mm)
+
+
+def pad_labels(cases: list[RegistrationCase]) -> list[RegistrationCase]:
+    """``cases`` with every label stack padded with empty channels to the largest channel count."""
+    count = max(case.fixed_label.shape[0] for case in cases)
+    for case in cases:
+        extra = count - case.fixed_label.shape[0]
+        if extra:
+            empty = np.zeros((extra, *case.fixed_label.shape[1:]), np.uint8)
+            case.fixed_label = np.concatenate([case.fixed_label, empty])
+            case.moving_label = np.concatenate([case.moving_label, empty])
+    return cases
+
+
+def registration_cases(config: TrainingConfig) -> tuple[list[RegistrationCase], list[RegistrationCase]]:
+    """(training, validation) cases of ``config``, labels padded to one channel count over both."""
+    size, spacing = config.patch_size, config.spacing_mm
+    if isinstance(config.data, FileDataSection):
+        lists = list_cases(config.data)
+        training = [file_case(case, size, spacing) for case in lists.training]
+        validation = [file_case(case, size, spacing) for case in lists.validation]
+    else:
+        seeds = range(config.data.seed_start, config.data.seed_start + config.data.count)
+        training = [phantom_registration_case(seed, config) for seed in seeds]
+        validation = []
+    validation += [phantom_registration_case(seed, config, default_anatomy=True) for seed in config.validation.seeds]
+    padded = pad_labels(training + validation)
+    return padded[:len(training)], padded[len(training):]
+
+
+def split_augmentation(section: AugmentationSection) -> tuple[AugmentationSection, AugmentationSection]:
+    """(joint part: flips + intensity, moving-only part: affine + elastic) of an augmentation section."""
+    joint = section.model_copy(update={"affine": section.affine.model_copy(update={"probability": 0.0}),
+                                       "elastic": section.elastic.model_copy(update={"probability": 0.0})})
+    moving = section.model_copy(update={"flip_axes": [],
+                                        "intensity": section.intensity.model_copy(update={"probability": 0.0})})
+    return joint, moving
+
+
+class RegistrationAugmentation:
+    """``(sample, seed) -> sample``: joint flips/intensity on both images, affine/elastic on the MRI side."""
+
+    def __init__(self, section: AugmentationSection, spacing_mm: float):
+        joint, moving = split_augmentation(section)
+        self.joint = build_augmentation(joint, spacing_mm, IMAGE_KEYS, LABEL_KEYS)
+        self.moving = build_augmentation(moving, spacing_mm, ("moving_image",), ("moving_label",))
+
+    def __call__(self, sample: dict, seed: int) -> dict:
+        sample = augment(self.joint, sample, seed, LABEL_KEYS)
+        return augment(self.moving, sample, seed + 1, LABEL_KEYS)
+
+
+class RegistrationBatches:
+    """This process's share of each global batch of augmented pairs, resumable from :meth:`state_dict`.
+
+    Batch keys: ``fixed_image``/``moving_image`` (b, 1, D, H, W) float32 and ``fixed_label``/``moving_label``
+    (b, L, D, H, W) float32 in {0, 1}.
+    """
+
+    def __init__(self, cases: list[RegistrationCase], global_batch: int, seed: int, rank: int = 0,
+                 world_size: int = 1, augmentation: Optional[RegistrationAugmentation] = None):
+        self.cases = cases
+        self.global_batch = int(global_batch)
+        self.local_batch = self.global_batch // world_size
+        self.rank = int(rank)
+        self.augmentation = augmentation
+        self.rng = np.random.default_rng([int(seed), 1])
+
+    def _sample(self, case: RegistrationCase, seed: int) -> dict[str, torch.Tensor]:
+        sample = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in case.arrays().items()}
+        if self.augmentation is not None:
+            sample = self.augmentation(sample, seed)
+        return {key: torch.as_tensor(value).float() for key, value in sample.items() if key in (*IMAGE_KEYS, *LABEL_KEYS)}
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next step's samples of this process."""
+        picks = self.rng.integers(len(self.cases), size=self.global_batch)
+        seeds = self.rng.integers(2**31 - 2, size=self.global_batch)
+        mine = range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        samples = [self._sample(self.cases[picks[index]], int(seeds[index])) for index in mine]
+        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+    def state_dict(self) -> dict:
+        """The generator position (JSON text: its 128-bit integers stay exact)."""
+        return {"kind": "registration", "generator": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict`."""
+        self.rng.bit_generator.state = json.loads(state["generator"])
+
+    def close(self) -> None:
+        """Nothing to release."""
