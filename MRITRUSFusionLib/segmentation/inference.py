@@ -85,13 +85,12 @@ def input_volume(images: Mapping[str, sitk.Image], model: LoadedModel,
     """
     spec = model.spec
     check_inputs(spec, list(images), transform is not None, strict=False)
-    reference = _check_image(images[spec.inputs[0]], spec.inputs[0])
-    grid = model_grid(reference, model.spacing_mm)
+    checked = {role: _check_image(images[role], role) for role in spec.inputs}
+    grid = model_grid(checked[spec.inputs[0]], model.spacing_mm)
     channels = []
-    for role in spec.inputs:
+    for role, image in checked.items():
         moved = transform if _space(role) != _space(spec.inputs[0]) else sitk.Transform()
-        resampled = sitk.Resample(_check_image(images[role], role), grid, moved, sitk.sitkLinear, 0.0,
-                                  sitk.sitkFloat32)
+        resampled = sitk.Resample(image, grid, moved, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         channels.append(normalise(sitk.GetArrayViewFromImage(resampled), model.normalisation))
     return np.stack(channels), grid
 
