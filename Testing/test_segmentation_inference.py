@@ -268,3 +268,19 @@ def test_gland_mri_on_a_validation_case_through_the_command(tmp_path):
     label = sitk.ReadImage(str(out))
     truth = read_label_channels(MRUS / "moving_labels" / f"{VALIDATION_CASE}.nii.gz")[0]
     assert _same_grid(label, read_volume(mri), atol=1e-5) and dice(label, truth) > 0.8
+
+
+@pytest.mark.parametrize("name", ["gland-trus", "gland-mri"])
+def test_gland_configs_train_the_registered_model_away_from_the_test_set(name):
+    from MRITRUSFusionLib.training import load_config
+    from MRITRUSFusionLib.training.file_data import list_cases
+
+    config = load_config(Path(__file__).resolve().parents[1] / "MRITRUSFusionLib" / "configs" / f"{name}.yaml")
+    spec = MODELS[name]
+    assert config.model.name == name and config.data.label_channel == 0 and config.data.crop_around is None
+    assert config.spacing_mm == spec.spacing_mm and tuple(config.patch_size) == spec.patch_size
+    assert config.augmentation.enabled
+    if (MRUS / "fixed_images").is_dir():
+        lists = list_cases(config.data.model_copy(update={"path": MRUS}))
+        used = {case.name for case in lists.training + lists.validation}
+        assert used == {f"obs{k:03d}" for k in range(80)}
