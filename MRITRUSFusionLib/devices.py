@@ -27,6 +27,16 @@ def fallback_allowed(device: str | torch.device, allow_cpu_fallback: Optional[bo
     return str(device).strip().lower() == "auto"
 
 
+def _out_of_memory(error: Optional[BaseException]) -> Optional[BaseException]:
+    """The CUDA out-of-memory error ``error`` is, or was raised from (MONAI's sliding windows wrap it in a
+    ``RuntimeError``); None for any other error."""
+    while error is not None:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return error
+        error = error.__cause__
+    return None
+
+
 def _reason(error: BaseException) -> str:
     """The first line of a CUDA out-of-memory message (``CUDA out of memory. Tried to allocate ...``)."""
     lines = str(error).strip().splitlines()
@@ -45,11 +55,14 @@ def run_with_cpu_fallback(run: Callable[[torch.device], T], device: torch.device
     """
     try:
         return run(device)
-    except torch.cuda.OutOfMemoryError as error:
+    except RuntimeError as error:
+        out_of_memory = _out_of_memory(error)
+        if out_of_memory is None:
+            raise
+        reason = _reason(out_of_memory)
         if not allow_cpu_fallback:
-            raise InputError(f"{task}: {_reason(error)} on {device}; use --device cpu, or --device auto to "
-                             "fall back to the CPU") from None
-        reason = _reason(error)
+            raise InputError(f"{task}: {reason} on {device}; use --device cpu, or --device auto to fall back to "
+                             "the CPU") from None
     # retried outside the except block, so the failed attempt's tensors (held by the traceback) are freed
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

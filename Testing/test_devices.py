@@ -1,15 +1,17 @@
 """CUDA out of memory during inference: a one-line warning and a CPU rerun with the CPU's exact result when the
 fallback is allowed (``--device auto``), one clear error line when it is not (``--device cuda``).
 
-No GPU is needed: the accelerator is played by PyTorch's ``meta`` device (weights and inputs really move there,
-so the CPU rerun must reload everything), and the network's forward raises ``torch.cuda.OutOfMemoryError`` for
-inputs on it, as a CUDA allocation failure would.
+No GPU is needed: the accelerator is played by PyTorch's ``meta`` device, and the network's forward raises
+``torch.cuda.OutOfMemoryError`` for inputs on it, as a CUDA allocation failure would. For Attention-Reg the
+weights really move there (so the CPU rerun must reload them); a segmentation model only claims to be there
+(its CPU rerun moves the network, which from ``meta`` would have no data to move).
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -21,6 +23,11 @@ from MRITRUSFusionLib.phantom import generate_phantom
 from MRITRUSFusionLib.registration.learned import attention_reg_infer
 from MRITRUSFusionLib.registration.learned.attention_reg import AttentionReg
 from MRITRUSFusionLib.registration.learned.attention_reg_infer import register_attention_reg
+from MRITRUSFusionLib.segmentation.checkpoints import make_checkpoint, save_checkpoint
+from MRITRUSFusionLib.segmentation import inference
+from MRITRUSFusionLib.segmentation.inference import tumour_probability
+from MRITRUSFusionLib.segmentation.models import load_model
+from MRITRUSFusionLib.segmentation.networks import build_trus_unet
 
 OOM = "CUDA out of memory. Tried to allocate 1.50 GiB"
 ACCELERATOR = torch.device("meta")
@@ -104,3 +111,63 @@ def test_cli_warns_once_and_writes_the_cpu_result(pair, monkeypatch, tmp_path, c
     stderr = capsys.readouterr().err.strip().splitlines()
     assert len(stderr) == 1 and stderr[0].startswith("warning: attention-reg registration: CUDA out of memory")
     assert (tmp_path / "T.tfm").read_bytes() == (tmp_path / "cpu.tfm").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+@pytest.fixture(scope="module")
+def unet_weights(tmp_path_factory):
+    """A tiny trus-unet checkpoint (random weights: the probabilities only have to be reproducible)."""
+    arguments = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+    torch.manual_seed(0)
+    checkpoint = make_checkpoint("trus-unet", arguments, build_trus_unet(**arguments), 2.4, [16, 16, 16],
+                                 "zscore-foreground")
+    return save_checkpoint(checkpoint, tmp_path_factory.mktemp("unet") / "unet.pt")
+
+
+def on_full_accelerator(monkeypatch, weights, device: str, monai_wrapped: bool = False):
+    """The model loaded for ``device``, claiming to live on the accelerator, where the sliding windows run out of
+    memory (``monai_wrapped``: in a ``RuntimeError`` raised from it, as MONAI's importance map does)."""
+    model = load_model("trus-unet", weights, device="cpu" if device == "cuda" else device)
+    model.device = ACCELERATOR
+    original = inference.sliding_window_inference
+
+    def sliding_windows(inputs, *arguments, **options):
+        if inputs.device != ACCELERATOR:
+            return original(inputs, *arguments, **options)
+        error = torch.cuda.OutOfMemoryError(f"{OOM} (GPU 0; 7.79 GiB total capacity)")
+        if monai_wrapped:
+            raise RuntimeError("patch size (16, 16, 16), mode=gaussian\nSeems to be OOM.") from error
+        raise error
+    monkeypatch.setattr(inference, "sliding_window_inference", sliding_windows)
+    return model
+
+
+@pytest.mark.parametrize("monai_wrapped", [False, True])
+def test_segmentation_moves_to_cpu_on_out_of_memory(pair, unet_weights, monkeypatch, caplog, monai_wrapped):
+    expected = sitk.GetArrayFromImage(tumour_probability(pair[0], model=load_model("trus-unet", unet_weights, "cpu")))
+    model = on_full_accelerator(monkeypatch, unet_weights, "auto", monai_wrapped)
+    assert model.cpu_fallback
+    with caplog.at_level(logging.WARNING, logger="MRITRUSFusionLib"):
+        probability = tumour_probability(pair[0], model=model)
+    assert np.array_equal(sitk.GetArrayFromImage(probability), expected)
+    warnings = fallback_warnings(caplog)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: segmentation (trus-unet): CUDA out of memory")
+    assert model.device == torch.device("cpu"), "the model stays on the CPU for the next cases"
+
+
+def test_segmentation_out_of_memory_on_explicit_cuda_is_one_clear_error(pair, unet_weights, monkeypatch):
+    model = on_full_accelerator(monkeypatch, unet_weights, "cuda")
+    assert not model.cpu_fallback
+    with pytest.raises(InputError, match=r"^segmentation \(trus-unet\): CUDA out of memory\. .* on meta; use "
+                                         r"--device cpu, or --device auto to fall back to the CPU$"):
+        tumour_probability(pair[0], model=model)
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(pair, unet_weights, monkeypatch):
+    model = load_model("trus-unet", unet_weights, "auto")
+
+    def broken(*arguments, **options):
+        raise RuntimeError("Given groups=1, weight of size [4, 1, 3, 3, 3], expected input to have 1 channels")
+    monkeypatch.setattr(inference, "sliding_window_inference", broken)
+    with pytest.raises(RuntimeError, match="expected input"):
+        tumour_probability(pair[0], model=model)

@@ -22,6 +22,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from ..devices import run_with_cpu_fallback
 from ..errors import InputError
 from ..io import Segment, default_segments
 from ..progress import Stage, stage
@@ -135,10 +136,11 @@ def probability_array(volume: np.ndarray, model: LoadedModel, tta: bool = False)
     """Target-class probability (float32, D/H/W) of a normalised (C, D, H, W) ``volume`` at the model's
     spacing, by Gaussian-blended sliding windows of the model's patch size (MONAI pads smaller images).
 
-    ``tta``: average over every combination of the flips the model was trained with.
+    ``tta``: average over every combination of the flips the model was trained with. If CUDA runs out of
+    memory and ``model.cpu_fallback`` allows it, the model moves to the CPU (with a warning) and runs there.
 
     Raises:
-        InputError: ``tta`` for a model trained without flips.
+        InputError: ``tta`` for a model trained without flips; CUDA out of memory without the fallback.
     """
     flips = [()]
     if tta:
@@ -148,13 +150,18 @@ def probability_array(volume: np.ndarray, model: LoadedModel, tta: bool = False)
                              "flipped inputs would be images it never saw")
         flips = flip_sets(axes)
     roi = tuple(int(p) for p in reversed(model.patch_size))  # i, j, k -> D, H, W
-    tensor = torch.from_numpy(np.ascontiguousarray(volume))[None].to(model.device)
     windows = _window_count(volume.shape[1:], roi, WINDOW_OVERLAP)
-    with torch.inference_mode(), stage("segment", windows) as progress:
-        probabilities = sliding_window_inference(tensor, roi, 1, _predictor(model.network, flips, progress),
-                                                 overlap=WINDOW_OVERLAP, mode="gaussian",
-                                                 cval=float(volume.min()))
-    return probabilities[0, model.spec.tumour_channel].cpu().numpy().astype(np.float32)
+
+    def run(device: torch.device) -> np.ndarray:
+        if device != model.device:  # the CPU rerun after CUDA ran out of memory: the model stays there
+            model.network, model.device = model.network.to(device), device
+        tensor = torch.from_numpy(np.ascontiguousarray(volume))[None].to(device)
+        with torch.inference_mode(), stage("segment", windows) as progress:
+            probabilities = sliding_window_inference(tensor, roi, 1, _predictor(model.network, flips, progress),
+                                                     overlap=WINDOW_OVERLAP, mode="gaussian",
+                                                     cval=float(volume.min()))
+        return probabilities[0, model.spec.tumour_channel].cpu().numpy().astype(np.float32)
+    return run_with_cpu_fallback(run, model.device, f"segmentation ({model.spec.name})", model.cpu_fallback)
 
 
 def target_probability(images: Mapping[str, sitk.Image], model: LoadedModel,

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..devices import fallback_allowed
 from ..errors import InputError
 from .checkpoints import read_checkpoint
 from .networks import build_trus_unet
@@ -97,6 +98,8 @@ class LoadedModel:
         normalisation: intensity normalisation read from the checkpoint.
         path: the weight file.
         metadata: the checkpoint without its ``state_dict``.
+        cpu_fallback: when CUDA runs out of memory, move to the CPU and go on there (with a warning) instead
+            of failing; :func:`load_model` allows it for ``device="auto"`` (see :mod:`MRITRUSFusionLib.devices`).
     """
 
     spec: ModelSpec
@@ -107,6 +110,7 @@ class LoadedModel:
     normalisation: str
     path: Path
     metadata: dict = field(default_factory=dict)
+    cpu_fallback: bool = False
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -203,4 +207,5 @@ def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = N
     network = network_from_checkpoint(checkpoint, path, spec).to(target).eval()
     metadata = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     return LoadedModel(spec=spec, network=network, device=target, spacing_mm=spacing, patch_size=patch,
-                       normalisation=str(checkpoint["normalisation"]), path=path, metadata=metadata)
+                       normalisation=str(checkpoint["normalisation"]), path=path, metadata=metadata,
+                       cpu_fallback=fallback_allowed(device))
