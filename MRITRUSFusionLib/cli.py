@@ -22,6 +22,8 @@ from . import __version__, progress
 from .errors import FusionError, InputError
 
 EXIT_FAILURE = 1
+#: Smallest ``bench --size``: coarser phantom grids lose the 2.5 mm landmarks TRE is measured on.
+MIN_BENCH_SIZE = 32
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -57,6 +59,12 @@ def _write_json(content: dict, path: str, overwrite: bool) -> None:
     write_json(content, path, overwrite)
 
 
+def _at_least(option: str, value: int, minimum: int) -> None:
+    """Fail with one line naming ``option`` when ``value`` is below ``minimum``."""
+    if value < minimum:
+        raise InputError(f"{option} {value}: must be at least {minimum}")
+
+
 def _check_outputs(overwrite: bool, *paths: Optional[str]) -> None:
     """Fail before any work when an output exists and ``--overwrite`` was not given."""
     from .errors import OutputExistsError
@@ -88,6 +96,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_phantom(args: argparse.Namespace) -> None:
     from .phantom import generate_phantom, write_phantom_case
 
+    _at_least("--cases", args.cases, 1)
+    _at_least("--tumours", args.tumours, 0)
+    if Path(args.out).is_file():
+        raise InputError(f"--out {args.out}: is a file; phantom cases go into a folder")
     with progress.stage("phantom", total=args.cases) as bar:
         for k in range(args.cases):
             name = f"case{k:03d}"
@@ -134,6 +146,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     png = args.png or str(Path(args.out).with_suffix(".png"))
     _check_outputs(args.overwrite, args.out, png)
+    _at_least("--phantoms", args.phantoms, 0 if args.dataset else 1)
+    _at_least("--size", args.size, MIN_BENCH_SIZE)
+    _at_least("--repeats", args.repeats, 1)
     cases = bench.phantom_cases(args.phantoms, seed=args.seed, size=args.size)
     if args.dataset:
         cases += bench.dataset_cases(args.dataset, _case_names(args.cases) or [])
@@ -174,7 +189,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from .io.atomic import full_suffix
     from .metrics._image import voxel_volume_ml
     from .segmentation.inference import check_inputs, segment
-    from .segmentation.lesions import write_lesions
+    from .segmentation.lesions import check_threshold, write_lesions
     from .segmentation.models import MODELS
 
     if args.model not in MODELS:
@@ -187,6 +202,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.lesions_out and full_suffix(args.lesions_out) not in (".json", ".csv"):
         raise InputError(f"--lesions-out {args.lesions_out}: write lesion candidates as .json or .csv")
     _check_outputs(args.overwrite, args.out, args.probabilities_out, args.lesions_out)
+    check_threshold(args.threshold)
     images = {role: _read_volume(getattr(args, role), f"--{role}") for role in given}
     transform = read_transform(args.transform, name="--transform") if args.transform else None
     result = segment(images, spec.name, args.weights, args.device, transform, args.threshold, args.min_volume,
@@ -288,6 +304,18 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
     _write_dataset_result(result, args.out, args.overwrite)
 
 
+def _check_new_run(config, out: Optional[str], overwrite: bool) -> None:
+    """A new run replaces neither an earlier run's checkpoint nor its model unless ``--overwrite`` is given."""
+    from .errors import OutputExistsError
+
+    target = Path(out) if out else config.output
+    last = config.resolved_run_dir(target) / "last.pt"
+    if last.exists() and not overwrite:
+        raise OutputExistsError(f"{last}: an earlier run's checkpoint (pass --resume to go on from it, or "
+                                "--overwrite to start again)")
+    _check_outputs(overwrite, str(target))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import logging
     import os
@@ -297,6 +325,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, check_model=False)  # schema and data paths first: fast, before torch
     check_data_paths(config.data)
+    if args.resume is None:
+        _check_new_run(config, args.out, args.overwrite)
     from .training import train
 
     main_process = os.environ.get("RANK", "0") in ("", "0")
@@ -311,7 +341,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ parser
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="where torch runs (auto: CUDA when available)")
+                        help="where torch runs (auto: CUDA when available, the CPU if CUDA runs out of memory)")
 
 
 def _command(sub, name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:

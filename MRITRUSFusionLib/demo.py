@@ -79,11 +79,17 @@ def run_demo(inputs: DemoInputs, out: str | Path, method: str = "bspline", model
     """Register, segment, fuse and evaluate ``inputs``; write the outputs into ``out``.
 
     Registration is gland-driven when both gland masks (label channel 0) are present, image-only otherwise.
-    Everything is computed before the first file is written, so a failure leaves no partial output.
+    The segmentation model is loaded first (bad weights or device fail before any work), and everything is
+    computed before the first file is written, so a failure leaves no partial output.
     """
+    from .segmentation.inference import segment_trus
+    from .segmentation.models import load_model
+
     out = Path(out)
     check_output_folder(out, overwrite)
     seconds: dict[str, float] = {}
+    with _timed(seconds, "load"):
+        loaded = load_model(model, weights, device)
     masks = _gland_masks(inputs)
     with _timed(seconds, "register"):
         transform = register_classical(inputs.trus, inputs.mri, method, *masks)
@@ -91,9 +97,7 @@ def run_demo(inputs: DemoInputs, out: str | Path, method: str = "bspline", model
         mri_in_trus = warp_image(inputs.mri, inputs.trus, transform)
         mri_before = warp_image(inputs.mri, inputs.trus, sitk.Transform())
     with _timed(seconds, "segment"):
-        from .segmentation.inference import segment_trus
-
-        tumour = segment_trus(inputs.trus, model, weights, device)
+        tumour = segment_trus(inputs.trus, model=loaded)
     with _timed(seconds, "evaluate"):
         report = _report(inputs, transform, tumour, method, model, gland_driven=masks[0] is not None)
     with _timed(seconds, "write"):

@@ -289,11 +289,30 @@ def _zones(tissue: np.ndarray) -> np.ndarray:
     return zones
 
 
+#: Peak memory (bytes) per voxel of the TRUS and MRI grids while a phantom is generated (~200 measured at 128³).
+GENERATION_BYTES_PER_VOXEL = 256
+
+
+def check_phantom_memory(config: PhantomConfig) -> None:
+    """:class:`~MRITRUSFusionLib.errors.InputError` before any allocation when generating ``config`` would
+    need more memory than :func:`~MRITRUSFusionLib.io.volumes.max_image_bytes` allows."""
+    from .io.volumes import refuse_over_limit
+
+    voxels = float(np.prod(config.trus_size, dtype=float) + np.prod(config.mri_size, dtype=float))
+    grids = f"{'×'.join(map(str, config.trus_size))} TRUS + {'×'.join(map(str, config.mri_size))} MRI"
+    refuse_over_limit("phantom", grids, voxels * GENERATION_BYTES_PER_VOXEL, "to generate")
+
+
 def generate_phantom(config: Optional[PhantomConfig] = None, **overrides) -> PhantomCase:
-    """A phantom case; ``overrides`` replace fields of ``config`` (e.g. ``seed=3, n_tumours=2``)."""
+    """A phantom case; ``overrides`` replace fields of ``config`` (e.g. ``seed=3, n_tumours=2``).
+
+    Raises:
+        InputError: the grids are too large for the memory limit (checked before anything is allocated).
+    """
     config = config or PhantomConfig()
     if overrides:
         config = PhantomConfig(**{**config.__dict__, **overrides})
+    check_phantom_memory(config)
     rng = np.random.default_rng(config.seed)
     anatomy = _Anatomy(config, rng)
 

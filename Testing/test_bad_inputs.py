@@ -1,16 +1,34 @@
 """Bad input, every command: one ``error:`` line naming the input and the problem, exit code 1, no traceback,
-and nothing written. Table-driven: each row is (command line with placeholders, words the error must hold)."""
+and nothing written. Table-driven: each row is (command line with placeholders, words the error must hold).
+
+Issue 9 item 3 lists the kinds of bad input; every command meets those that apply to it: missing or unreadable
+files (garbage bytes, a folder without DICOM series), wrong dimensionality (2D, 4D where 3D is expected, vector
+voxels), mismatched label channels, empty masks, NaN/Inf voxels or coordinates, zero spacing, absurd sizes
+(refused from the header or the memory estimate, before any allocation), corrupt or incompatible checkpoints,
+a transform of the wrong kind (2D, not a transform, unknown type), CUDA requested but absent, and outputs
+that cannot be written. CUDA out of memory is in test_devices.py (it needs a patched network), the Slicer
+module's library side (``slicer_bridge``) at the end of this file.
+"""
 
 import json
 import re
 
+import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 
 from MRITRUSFusionLib.cli import main
 from MRITRUSFusionLib.phantom import generate_phantom, write_phantom_case
+from MRITRUSFusionLib.registration.learned.attention_reg_infer import default_weights_path
+from MRITRUSFusionLib.segmentation.checkpoints import make_checkpoint
+from MRITRUSFusionLib.segmentation.networks import build_trus_unet
+from MRITRUSFusionLib.slicer_bridge.runner import CLIError, CLIRunner
+
+NO_CUDA = not torch.cuda.is_available()
+TINY_UNET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
 
 def _image(array, reference=None, spacing=(1.0, 1.0, 1.0)):
@@ -82,7 +100,33 @@ def files(tmp_path_factory):
     paths["broken.yaml"] = root / "broken.yaml"
     paths["broken.yaml"].write_text("iterations: [2\n")
     paths["missing"] = root / "does_not_exist.nii.gz"
+    _more_files(root, paths)
     return {key: str(value) for key, value in paths.items()}
+
+
+def _more_files(root, paths):
+    """Zero spacing, NaN points, a folder without DICOM, checkpoints of the wrong kind, a tiny training config."""
+    paths["zero.nrrd"] = root / "zero.nrrd"
+    nrrd.write(str(paths["zero.nrrd"]), np.zeros((8, 9, 10), np.float32),
+               {"space": "left-posterior-superior", "space directions": np.diag([1.0, 0.0, 1.0]),
+                "space origin": np.zeros(3), "kinds": ["domain"] * 3})
+    paths["nan_points.csv"] = root / "nan_points.csv"
+    paths["nan_points.csv"].write_text("label,x,y,z\nt1,nan,20,30\n")
+    paths["no_dicom"] = root / "no_dicom"
+    paths["no_dicom"].mkdir()
+    paths["labels"] = root / "fixed_tumour_labels"
+    unet = build_trus_unet(**TINY_UNET)
+    paths["unet.pt"] = root / "unet.pt"  # a complete trus-unet checkpoint, without training state
+    torch.save(make_checkpoint("trus-unet", TINY_UNET, unet, 2.4, [16] * 3, "zscore-foreground"), paths["unet.pt"])
+    paths["mismatched.pt"] = root / "mismatched.pt"  # arguments that do not build its weights
+    torch.save(make_checkpoint("trus-unet", {**TINY_UNET, "channels": [8, 16]}, unet, 2.4, [16] * 3,
+                               "zscore-foreground"), paths["mismatched.pt"])
+    paths["attention-reg.pt"] = default_weights_path()
+    paths["tiny.yaml"] = root / "tiny.yaml"
+    paths["tiny.yaml"].write_text(yaml.safe_dump({
+        "model": {"arguments": TINY_UNET}, "data": {"count": 1, "trus_size": [32, 32, 32]},
+        "patch_size": [16, 16, 16], "spacing_mm": 2.4, "iterations": 1, "batch_size": 1, "device": "cpu",
+        "output": str(root / "tiny" / "model.pt")}))
 
 
 REG = "register --fixed {trus} --moving {mri} --method rigid --transform-out {out}/T.tfm"
@@ -92,6 +136,10 @@ SEG = "segment --trus {trus} --out {out}/s.seg.nrrd --device cpu"
 EVR = "evaluate registration --fixed-label {trus_labels} --moving-label {mri_labels} --out {out}/m.json"
 EVS = "evaluate segmentation --pred {tumour} --gt {tumour} --out {out}/m.json"
 DEMO = "demo --out {out}/demo --fixed {trus} --moving {mri} --device cpu"
+AREG = REG.replace("rigid", "attention-reg") + " --device cpu"
+EVD = "evaluate detection --predictions {labels} --labels {labels} --out {out}/d"
+TRAIN = "train {tiny.yaml} --out {out}/model.pt"
+BENCH = "bench --out {out}/b.json --phantoms 1 --no-scaling"
 
 CASES = [
     # register
@@ -151,6 +199,68 @@ CASES = [
     ("demo --out {out}/demo --fixed {trus}", ["--moving"]),
     (DEMO + " --fixed-label {trus_labels}", ["--moving-label"]),
     (DEMO + " --fixed-label {trus_labels} --moving-label {two_channels.nii.gz}", ["channels"]),
+    # -------------------------------------------------- added by the issue 9 audit: the kinds each command lacked
+    # register
+    (REG.replace("{trus}", "{zero.nrrd}"), ["--fixed", "zero-valued spacing"]),
+    (REG.replace("{mri}", "{no_dicom}"), ["--moving", "no DICOM series"]),
+    (AREG + " --weights {garbage.pt}", ["garbage.pt", "not a readable PyTorch checkpoint"]),
+    (AREG + " --weights {unet.pt}", ["unet.pt", "'trus-unet' checkpoint", "expected an 'attention-reg'"]),
+    (AREG + " --weights {missing}", ["weights", "not found"]),
+    (AREG + " --fixed-mask {empty.nii.gz} --moving-mask {mri_gland.nii.gz}", ["--fixed-mask", "empty"]),
+    *([(AREG.replace("--device cpu", "--device cuda"), ["cuda", "not available"])] if NO_CUDA else []),
+    # warp
+    (WARP.replace("{trus}", "{zero.nrrd}"), ["--reference", "zero-valued spacing"]),
+    (WARP.replace("{trus}", "{huge.nhdr}"), ["--reference", "GiB"]),
+    (WARP.replace("{mri}", "{four.nii.gz}"), ["--moving", "3D"]),
+    (WARP.replace("{mri}", "{garbage.nii.gz}"), ["--moving", "cannot read"]),
+    (WARP.replace("{trus}", "{inf.nrrd}"), ["--reference", "Inf"]),
+    (WARP.replace("{out}/w.nii.gz", "{garbage.pt}/w.nii.gz"), ["garbage.pt is a file"]),
+    # map-points
+    (MAP.replace("{linear.tfm}", "{plane.tfm}"), ["--transform", "3D"]),
+    (MAP.replace("{points.csv}", "{nan_points.csv}"), ["points", "NaN"]),
+    (MAP.replace("{points.csv}", "{trus}"), ["points", "format"]),
+    # segment
+    (SEG.replace("{trus}", "{zero.nrrd}"), ["--trus", "zero-valued spacing"]),
+    (SEG.replace("{trus}", "{garbage.nii.gz}"), ["--trus", "cannot read"]),
+    (SEG.replace("{trus}", "{flat.nii.gz}"), ["--trus", "3D"]),
+    (SEG.replace("{trus}", "{nan.nii.gz}"), ["--trus", "NaN"]),
+    (SEG.replace("{trus}", "{huge.nhdr}"), ["--trus", "GiB"]),
+    (SEG + " --weights {mismatched.pt}", ["mismatched.pt", "does not match", "trus-unet"]),
+    (SEG + " --weights {attention-reg.pt}", ["attention-reg.pt", "is for 'attention-reg'", "trus-unet"]),
+    (SEG + " --threshold 1.5", ["threshold", "between 0 and 1"]),
+    # evaluate registration / segmentation / detection
+    (EVR + " --transform {plane.tfm}", ["--transform", "3D"]),
+    (EVR.replace("{mri_labels}", "{empty.nii.gz}"), ["--moving-label", "empty"]),
+    (EVR.replace("{trus_labels}", "{huge.nhdr}"), ["--fixed-label", "GiB"]),
+    (EVR.replace("{trus_labels}", "{flat.nii.gz}"), ["--fixed-label", "3D"]),
+    (EVR.replace("{trus_labels}", "{zero.nrrd}"), ["--fixed-label", "zero-valued spacing"]),
+    (EVS.replace("{tumour} --out", "{four.nii.gz} --out"), ["--gt", "3D"]),
+    (EVS.replace("{tumour} --out", "{missing} --out"), ["--gt", "no such file"]),
+    (EVS.replace("{out}/m.json", "{out}") + " --overwrite", ["is a folder"]),
+    (EVD.replace("--predictions {labels}", "--predictions {missing}"), ["--predictions", "no such folder"]),
+    (EVD.replace("--labels {labels}", "--labels {missing}"), ["--labels", "no such folder"]),
+    (EVD.replace("--predictions {labels}", "--predictions {no_dicom}"), ["--predictions", "no detection map"]),
+    # train
+    (TRAIN + " --resume {garbage.pt}", ["garbage.pt", "not a readable PyTorch checkpoint"]),
+    (TRAIN + " --resume {unet.pt}", ["unet.pt", "no training state"]),
+    (TRAIN.replace("{out}/model.pt", "{garbage.pt}"), ["garbage.pt", "output exists", "--overwrite"]),
+    *([(TRAIN + " --device cuda", ["cuda", "not available"])] if NO_CUDA else []),
+    # demo
+    (DEMO.replace("{trus}", "{four.nii.gz}"), ["--fixed", "3D"]),
+    (DEMO.replace("{mri}", "{missing}"), ["--moving", "no such file"]),
+    (DEMO.replace("{trus}", "{zero.nrrd}"), ["--fixed", "zero-valued spacing"]),
+    (DEMO + " --weights {garbage.pt}", ["garbage.pt", "not a readable PyTorch checkpoint"]),
+    *([(DEMO.replace("--device cpu", "--device cuda"), ["cuda", "not available"])] if NO_CUDA else []),
+    # phantom
+    ("phantom --out {out}/ph --cases 0", ["--cases 0", "at least 1"]),
+    ("phantom --out {out}/ph --tumours -1", ["--tumours -1", "at least 0"]),
+    ("phantom --out {garbage.pt}", ["--out", "garbage.pt: is a file"]),
+    # bench
+    (BENCH.replace("--phantoms 1", "--phantoms 0"), ["--phantoms 0", "at least 1"]),
+    (BENCH + " --size 8", ["--size 8", "at least 32"]),
+    (BENCH + " --size 100000", ["phantom", "100000×100000×100000", "GiB", "limit"]),
+    (BENCH + " --dataset {missing} --cases case", ["dataset", "no such file"]),
+    (BENCH + " --repeats 0", ["--repeats 0", "at least 1"]),
 ]
 
 

@@ -1,4 +1,9 @@
-"""Atomic output files: write to a temporary sibling, then rename over the target."""
+"""Atomic output files: write to a temporary sibling, then rename over the target.
+
+A process killed mid-write (even by SIGKILL) leaves the previous file untouched under its name; the only
+possible leftover is the hidden temporary sibling ``.NAME.XXXXXXXX.part.SUFFIX``, which dataset listings
+skip and which may be deleted at any time no process is writing ``NAME``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import OutputExistsError
+from ..errors import InputError, OutputExistsError
 
 #: Multi-part suffixes that writers dispatch on; the temporary file keeps them.
 _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd", ".mrk.json")
@@ -29,11 +34,21 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
 
     The temporary name keeps the suffix of ``path`` so format-dispatching writers (SimpleITK, pynrrd)
     write the right format. A previous file at ``path`` is untouched unless the block succeeds.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        InputError: ``path`` is a folder, or a file stands where one of its folders should be.
     """
     target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{target}: is a folder; give a file name for this output")
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target}: output exists (pass --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(parent for parent in target.parents if parent.exists())
+        raise InputError(f"{target}: cannot create its folder: {blocker} is a file") from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{full_suffix(target)}",
                                     dir=target.parent)
     os.close(fd)

@@ -60,16 +60,23 @@ def max_image_bytes() -> float:
     return float(os.environ.get("MRITRUS_FUSION_MAX_IMAGE_GIB", DEFAULT_MAX_IMAGE_GIB)) * 2 ** 30
 
 
+def refuse_over_limit(subject: str, voxels: str, needed_bytes: float, purpose: str) -> None:
+    """Raise :class:`InputError` when ``needed_bytes`` exceed :func:`max_image_bytes`; call it before allocating.
+
+    The message reads ``SUBJECT: VOXELS voxels need X GiB PURPOSE, more than the Y GiB limit (...)``.
+    """
+    if needed_bytes > max_image_bytes():
+        raise InputError(f"{subject}: {voxels} voxels need {needed_bytes / 2 ** 30:.1f} GiB {purpose}, more than "
+                         f"the {max_image_bytes() / 2 ** 30:.1f} GiB limit (MRITRUS_FUSION_MAX_IMAGE_GIB)")
+
+
 def _check_size_before_reading(path: Path, subject: str) -> None:
     """Refuse, from the header alone, an image too large to hold in memory as float32."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     voxels = float(np.prod([float(n) for n in reader.GetSize()])) * reader.GetNumberOfComponents()
-    if voxels * 4 > max_image_bytes():
-        raise InputError(f"{subject}: {'×'.join(str(n) for n in reader.GetSize())} voxels need "
-                         f"{voxels * 4 / 2 ** 30:.1f} GiB as float32, more than the "
-                         f"{max_image_bytes() / 2 ** 30:.1f} GiB limit (MRITRUS_FUSION_MAX_IMAGE_GIB)")
+    refuse_over_limit(subject, "×".join(str(n) for n in reader.GetSize()), voxels * 4, "as float32")
 
 
 def read_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Image:
