@@ -12,6 +12,7 @@ module's library side (``slicer_bridge``) at the end of this file.
 
 import json
 import re
+from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -27,6 +28,7 @@ from MRITRUSFusionLib.segmentation.checkpoints import make_checkpoint
 from MRITRUSFusionLib.segmentation.networks import build_trus_unet
 from MRITRUSFusionLib.slicer_bridge.runner import CLIError, CLIRunner
 
+REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
 TINY_UNET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
@@ -264,13 +266,17 @@ CASES = [
 ]
 
 
+def arguments(template: str, files: dict, out) -> list:
+    """The command line of ``template`` with its ``{placeholders}`` filled in."""
+    values = {**files, "out": str(out)}
+    return re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], template).split()
+
+
 @pytest.mark.parametrize("template,words", CASES, ids=[f"{i:02d}-{c[0].split()[0]}" for i, c in enumerate(CASES)])
 def test_bad_input_gives_one_clear_line_and_no_output(files, tmp_path, capsys, template, words):
     out = tmp_path / "out"
     out.mkdir()
-    values = {**files, "out": str(out)}
-    argv = ["--progress", "none"] + re.sub(r"\{([^}]+)\}", lambda m: values[m.group(1)], template).split()
-    code = main(argv)
+    code = main(["--progress", "none"] + arguments(template, files, out))
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert code == 1, captured.err
@@ -285,3 +291,31 @@ def test_debug_shows_the_traceback(files, tmp_path):
     with pytest.raises(Exception):
         main(["--debug", "warp", "--moving", files["missing"], "--reference", files["trus"],
               "--transform", files["linear.tfm"], "--out", str(tmp_path / "w.nii.gz")])
+
+
+# ------------------------------------------------------------------------------- the Slicer module's library side
+#: What the Slicer module's Logic (register, segment, mapTargets, evaluateRegistration, evaluateSegmentation)
+#: can hand the CLI through ``slicer_bridge``: nodes with bad voxels or geometry, transforms of the wrong kind.
+BRIDGE_CASES = [
+    pytest.param(REG.replace("{trus}", "{nan.nii.gz}"), ["--fixed", "NaN"], id="register-nan"),
+    pytest.param(SEG.replace("{trus}", "{four.nii.gz}"), ["--trus", "3D"], id="segment-4d"),
+    pytest.param(MAP.replace("{linear.tfm}", "{plane.tfm}"), ["--transform", "3D"], id="map-points-2d-transform"),
+    pytest.param(EVR.replace("{mri_labels}", "{two_channels.nii.gz}"), ["channels"], id="evaluate-channels"),
+    pytest.param(EVS.replace("{tumour} --out", "{zero.nrrd} --out"), ["--gt", "zero-valued spacing"],
+                 id="evaluate-zero-spacing"),
+]
+
+
+@pytest.mark.parametrize("template,words", BRIDGE_CASES)
+def test_slicer_bridge_raises_the_cli_line(files, tmp_path, template, words):
+    """``CLIRunner.check`` (what every Logic method calls) raises :class:`CLIError` with the CLI's one line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    runner = CLIRunner.for_cli(arguments(template, files, out), env={"PYTHONPATH": str(REPO)}).start()
+    with pytest.raises(CLIError) as error:
+        runner.check(timeout=120)
+    message = str(error.value)
+    assert runner.result.returncode == 1 and runner.result.stderr_lines == (f"error: {message}",)
+    for word in words:
+        assert word.lower() in message.lower(), message
+    assert list(out.rglob("*")) == [], "a failed command left output behind"
