@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..losses.registration import build_registration_loss
+from ..memory_format import batch_to
 from ..registration.learned.models import RegistrationSpec, registration_spec
 from ..registration.learned.spatial import warp
 from ..segmentation.checkpoints import make_checkpoint
@@ -100,12 +101,12 @@ class RegistrationTask:
 
     def loss(self, model: torch.nn.Module, batch: dict, loss_function: Callable, device: torch.device) -> torch.Tensor:
         """Training loss of ``batch`` (a scalar tensor)."""
-        batch = {key: value.to(device) for key, value in batch.items()}
+        batch = batch_to(batch, device)
         return loss_function(model(batch["fixed_image"], batch["moving_image"]), batch)["total"]
 
     def _score_case(self, network, case: RegistrationCase, metric: str, loss_function, device) -> float:
-        batch = {key: torch.from_numpy(np.ascontiguousarray(value)).float()[None].to(device)
-                 for key, value in case.arrays().items()}
+        batch = batch_to({key: torch.from_numpy(np.ascontiguousarray(value)).float()[None]
+                          for key, value in case.arrays().items()}, device)
         outputs = network(batch["fixed_image"], batch["moving_image"])
         if metric == "loss":
             return float(loss_function(outputs, batch)["total"])

@@ -16,6 +16,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
 from ..errors import InputError
+from ..memory_format import as_channels_last, batch_to
 from ..segmentation.checkpoints import make_checkpoint
 from ..segmentation.models import MODELS as SEGMENTATION_MODELS
 from ..registration.learned.models import REGISTRATION_MODELS
@@ -81,7 +82,8 @@ class SegmentationTask:
 
     def loss(self, model: torch.nn.Module, batch: dict, loss_function: Callable, device: torch.device) -> torch.Tensor:
         """Training loss of ``batch`` (a scalar tensor)."""
-        return loss_function(model(batch["image"].to(device)), batch["label"].to(device))
+        batch = batch_to(batch, device)
+        return loss_function(model(batch["image"]), batch["label"])
 
     def score(self, network: torch.nn.Module, cases: list, metric: str, loss_function: Callable,
               device: torch.device) -> dict:
@@ -93,7 +95,7 @@ class SegmentationTask:
         network.eval()
         with torch.inference_mode():
             for case in cases:
-                image = torch.from_numpy(np.ascontiguousarray(case.image))[None].to(device)
+                image = as_channels_last(torch.from_numpy(np.ascontiguousarray(case.image))[None].to(device))
                 logits = sliding_window_inference(image, roi, 1, network, overlap=0.25, mode="gaussian",
                                                   cval=float(case.image.min())).float()
                 if metric == "loss":

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import InputError
 from ..io import atomic_output
+from ..memory_format import channels_last
 from ..progress import stage
 from ..segmentation.checkpoints import read_checkpoint
 from . import distributed
@@ -115,7 +116,7 @@ def _prepare(config: TrainingConfig, task: Task, context: distributed.Distribute
              run_dir: Path, checkpoint: Optional[dict]) -> Run:
     """Build network, data, optimiser and schedule (seeded), and restore ``checkpoint`` when resuming."""
     network, arguments = task.build()
-    network = network.to(context.device)
+    network = channels_last(network.to(context.device))
     plan = plan_phases(config)
     check_phases(plan, network)
     with (stage("prepare", 1) if context.is_main else contextlib.nullcontext()) as bar:

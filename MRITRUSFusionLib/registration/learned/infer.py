@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import InputError
+from ...memory_format import as_channels_last
 from .grid import GridPair, pair_on_grid
 from .models import LoadedRegistration, load_registration_model
 from .spatial import ddf_to_displacement_mm, ddf_to_transform, physical_grid
@@ -33,8 +34,8 @@ def _autocast(device: torch.device):
 
 def predict_ddfs(model: LoadedRegistration, pairs: Sequence[GridPair]) -> torch.Tensor:
     """The network's DDFs (B, 3, D, H, W), voxels of each pair's grid, float32 on CPU, one batch for all."""
-    fixed = torch.cat([pair.fixed for pair in pairs]).to(model.device)
-    moving = torch.cat([pair.moving for pair in pairs]).to(model.device)
+    fixed = as_channels_last(torch.cat([pair.fixed for pair in pairs]).to(model.device))
+    moving = as_channels_last(torch.cat([pair.moving for pair in pairs]).to(model.device))
     with torch.inference_mode(), _autocast(model.device):
         ddf = model.network(fixed, moving)["ddf"]
     return ddf.float().cpu()

@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal, Optional
 import torch
 
 from ...errors import InputError
+from ...memory_format import channels_last
 from ...segmentation.checkpoints import read_checkpoint
 from ...segmentation.models import (BUNDLED_MODELS_DIR, ENV_MODELS, INSTALLED_MODELS_DIR, checkpoint_geometry,
                                     network_from_checkpoint, resolve_device)
@@ -123,7 +124,7 @@ def load_registration_model(name: str, weights: Optional[str | os.PathLike] = No
     if checkpoint["model"] != spec.name:
         raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
     spacing, grid_size = checkpoint_geometry(checkpoint, path, spec)
-    network = network_from_checkpoint(checkpoint, path, spec).to(target).eval()
+    network = channels_last(network_from_checkpoint(checkpoint, path, spec).to(target)).eval()
     return LoadedRegistration(spec, network, target, spacing, grid_size, path)
 
 
