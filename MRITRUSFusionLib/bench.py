@@ -71,7 +71,8 @@ SCALING_FOV_MM = 76.8
 SCALING_SIZES = (64, 128, 192, 256)
 QUICK_SCALING_SIZES = (32, 48)
 #: Contenders of the default scaling curve: the deformable ones.
-SCALING_CONTENDERS = ("classical-bspline-gland", "classical-bspline-image", REFERENCE, "ants-syn", "elastix-bspline")
+SCALING_CONTENDERS = ("classical-bspline-gland", "classical-bspline-image", "learned-ecmca-lstm", "learned-auto",
+                      REFERENCE, "ants-syn", "elastix-bspline")
 SCHEMA = "mritrus-fusion-bench/1"
 
 
@@ -258,6 +259,29 @@ def ants_syn(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Im
     return _field_transform(sitk.GetArrayFromImage(field_image), field_image)
 
 
+def learned(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image],
+            moving_mask: Optional[sitk.Image], *, method: str, device: str = "cpu") -> sitk.Transform:
+    """A learned method (or the learned ``auto`` chain) of :mod:`.registration.methods`, image-only."""
+    from .registration.methods import register
+
+    return register(fixed, moving, method, device=device)
+
+
+def learned_contenders(device: str = "cpu") -> dict[str, Contender]:
+    """``learned-<name>`` for every learned model with weights here, ``learned-attention-reg`` and
+    ``learned-auto`` (the chain of :data:`.registration.methods.AUTO_CHAIN`) when its stages have weights."""
+    from .registration.learned.attention_reg_infer import default_weights_path
+    from .registration.learned.models import available_methods
+    from .registration.methods import AUTO_CHAIN
+
+    names = available_methods()
+    if default_weights_path().is_file():
+        names.insert(0, "attention-reg")
+    if any(name in names for name in AUTO_CHAIN):
+        names.append("auto")
+    return {f"learned-{name}": functools.partial(learned, method=name, device=device) for name in names}
+
+
 def _optional(module: str, package: str, contender: Contender) -> Contender:
     """``contender`` when ``module`` is importable, else :class:`Unavailable` naming ``package``."""
     return contender if importlib.util.find_spec(module) is not None else Unavailable(f"{package} not installed")
@@ -265,13 +289,15 @@ def _optional(module: str, package: str, contender: Contender) -> Contender:
 
 def default_contenders(classical_options: Optional[ClassicalOptions] = None,
                        reference_options: Optional[SimpleITKBSplineOptions] = None) -> dict[str, Contender]:
-    """The registry: ``classical-{rigid,affine,bspline}-{gland,image}``, ``simpleitk-bspline``, ``ants-syn``,
-    ``elastix-bspline`` (the last two :class:`Unavailable` when not installed). Add entries to extend it."""
+    """The registry: ``classical-{rigid,affine,bspline}-{gland,image}``, the learned methods with weights
+    (:func:`learned_contenders`, on the CPU), ``simpleitk-bspline``, ``ants-syn``, ``elastix-bspline`` (the
+    last two :class:`Unavailable` when not installed). Add entries to extend it."""
     contenders: dict[str, Contender] = {}
     for method in CLASSICAL_METHODS:
         for mode, gland_driven in (("gland", True), ("image", False)):
             contenders[f"classical-{method}-{mode}"] = functools.partial(
                 classical, method=method, gland_driven=gland_driven, options=classical_options)
+    contenders.update(learned_contenders())
     contenders[REFERENCE] = functools.partial(simpleitk_bspline, options=reference_options)
     contenders["ants-syn"] = _optional("ants", "antspyx", ants_syn)
     contenders["elastix-bspline"] = _optional("itk", "itk-elastix", elastix_bspline)
@@ -627,6 +653,31 @@ def scaling_curve(sizes: Sequence[int] = SCALING_SIZES, contenders: Optional[Map
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+
+
+def training_throughput(model: str = "ecmca-lstm", size: int = 96, steps: int = 3, batch_size: int = 1,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Training speed (samples/s) of learned registration ``model`` on ``size``³ phantom pairs, via the trainer.
+
+    A few steps of the real loop (data, augmentation, forward, loss, backward, optimiser) on one phantom; the
+    first step (allocation warm-up) is included, so the figure is a slight underestimate.
+    """
+    import torch
+
+    from .training import train
+    from .training.config import config_from_dict
+
+    terms = {"ecmca-lstm": [{"name": "ecmca"}], "vit-affine": [{"name": "vit-affine"}]}.get(
+        model, [{"name": "weighted-dice"}, {"name": "bending", "weight": 0.5}])
+    with tempfile.TemporaryDirectory() as folder:
+        config = config_from_dict({
+            "model": {"name": model}, "loss": {"name": "terms", "terms": terms},
+            "data": {"source": "phantom", "count": 1}, "patch_size": [size] * 3, "spacing_mm": 80.0 / size,
+            "iterations": steps, "batch_size": batch_size, "device": device, "log_every": 0,
+            "checkpoint_every": 0, "output": str(Path(folder) / "model.pt")})
+        samples_per_s = float(torch.load(train(config), weights_only=True)["samples_per_s"])
+    return {"model": model, "size": size, "batch_size": batch_size, "steps": steps, "device": device,
+            "threads": torch.get_num_threads(), "samples_per_s": samples_per_s}
 
 
 def _json_safe(value: Any) -> Any:

@@ -154,8 +154,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
         cases += bench.dataset_cases(args.dataset, _case_names(args.cases) or [])
     result = bench.run_benchmark(cases, repeats=args.repeats, timeout_s=args.timeout)
     scaling = None if args.no_scaling else bench.scaling_curve(quick=args.quick, timeout_s=args.timeout)
+    if not args.no_training:
+        result["training_throughput"] = bench.training_throughput(size=args.training_size)
     bench.write_bench(result, args.out, png, overwrite=args.overwrite, scaling=scaling)
     print(bench.format_table(result))
+    if not args.no_training:
+        speed = result["training_throughput"]
+        print(f"training throughput: {speed['samples_per_s']:.3f} samples/s ({speed['model']}, {speed['size']}³, "
+              f"batch {speed['batch_size']}, {speed['device']}, {speed['threads']} threads)")
 
 
 def cmd_warp(args: argparse.Namespace) -> None:
@@ -442,6 +448,9 @@ def _bench_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is recorded as failed")
     p.add_argument("--quick", action="store_true", help="scaling at small sizes only (a smoke test)")
     p.add_argument("--no-scaling", action="store_true", help="skip the 64³..256³ scaling curves")
+    p.add_argument("--no-training", action="store_true", help="skip the training-throughput measurement")
+    p.add_argument("--training-size", type=int, default=96,
+                   help="grid side (voxels) of the training-throughput measurement (ecmca-lstm on a phantom)")
 
 
 def _evaluate_parsers(sub) -> None:

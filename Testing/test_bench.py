@@ -4,6 +4,7 @@ only: our gland-driven rigid and the SimpleITK reference with few iterations."""
 
 import functools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -139,3 +140,12 @@ def test_unpicklable_contender_and_missing_case_names_are_input_errors():
         bench.dataset_cases("/nonexistent", [])
     assert bench.scaling_curve(quick=True, contenders={})["sizes"] == [32, 48]
     assert bench.scaling_curve(max_size=128, contenders={})["sizes"] == [64, 128]
+
+
+def test_training_throughput_comes_from_the_trainer_loop():
+    """samples/s of a real training run: at least samples over the whole call's wall time (which adds setup)."""
+    start = time.perf_counter()
+    speed = bench.training_throughput("ecmca-lstm", size=16, steps=2, batch_size=2)
+    elapsed = time.perf_counter() - start
+    assert speed["model"] == "ecmca-lstm" and speed["size"] == 16 and speed["threads"] >= 1
+    assert 2 * 2 / elapsed <= speed["samples_per_s"] < float("inf")
