@@ -176,3 +176,28 @@ def test_cli_registers_with_a_trained_checkpoint(tmp_path, phantom):
     assert not transform.IsLinear()
     assert main(["--progress", "none", "register", "--fixed", str(fixed), "--moving", str(moving), "--method",
                  "localnet", "--weights", str(weights), "--transform-out", str(tmp_path / "t.tfm")]) == 1
+
+
+@pytest.mark.parametrize("learned, glands, masks, expected", [
+    (["ecmca-lstm", "localnet"], True, False, ["gland-affine", "ecmca-lstm"]),
+    (["ecmca-lstm"], False, True, ["gland-affine", "ecmca-lstm"]),     # the user's masks replace the gland models
+    (["ecmca-lstm"], False, False, ["ecmca-lstm"]),
+    ([], False, False, ["bspline"]),                                      # nothing learned here: classical
+])
+def test_auto_runs_the_chain_stages_that_have_weights(monkeypatch, learned, glands, masks, expected):
+    from MRITRUSFusionLib.registration import methods
+
+    monkeypatch.setattr(methods, "available_methods", lambda: learned)
+    monkeypatch.setattr(methods, "_gland_models_present", lambda: glands)
+    assert methods.auto_stages(masks) == expected
+
+
+def test_auto_with_masks_and_no_learned_stage_is_the_gland_driven_affine(monkeypatch, phantom):
+    from MRITRUSFusionLib.registration import methods
+
+    monkeypatch.setattr(methods, "available_methods", lambda: [])
+    transform = methods.register(phantom.trus, phantom.mri, "auto", phantom.trus_labels[0], phantom.mri_labels[0])
+    direct = methods.register_classical(phantom.trus, phantom.mri, "affine", phantom.trus_labels[0],
+                                        phantom.mri_labels[0])
+    points = centroids_mm(phantom.trus_labels[1:])
+    assert np.allclose(transform_points(transform, points), transform_points(direct, points), atol=1e-6)

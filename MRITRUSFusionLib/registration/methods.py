@@ -3,9 +3,10 @@
 * ``rigid``, ``affine``, ``bspline``: classical (SimpleITK), gland-driven with both masks, image-only without;
 * ``attention-reg``: learned rigid (seed 002);
 * learned models of :mod:`.learned.models` (``vit-affine``, ``ecmca-lstm``, ``localnet``, ``globalnet``);
-* ``auto``: with gland masks, the classical gland-driven B-spline; without, the learned chain
-  :data:`AUTO_CHAIN` (each stage starting from the previous one, stages without weights skipped), or the
-  classical image-only B-spline when no learned weights are present.
+* ``auto``: the chain :data:`AUTO_CHAIN`, each stage starting from the previous one: ``gland-affine`` is
+  the classical gland-driven affine on the given masks or, without masks, on glands predicted by the
+  ``gland-trus`` and ``gland-mri`` models; learned stages follow. Stages without weights are skipped; with
+  nothing runnable, the classical image-only B-spline.
 
 Every method returns one transform mapping a TRUS point to an MRI point (LPS mm); learned chains return
 one flat ``CompositeTransform`` (write it as ``.h5``).
@@ -24,8 +25,10 @@ from .classical import register_classical
 from .learned.models import REGISTRATION_MODELS, available_methods
 
 ATTENTION_REG = "attention-reg"
-#: The learned stages of ``auto`` without masks, in order (pre-alignment, affine, deformable).
-AUTO_CHAIN = ("globalnet", "vit-affine", "ecmca-lstm")
+#: The stages of ``auto``, in order: pre-alignment (classical, on the glands), learned refinement(s).
+AUTO_CHAIN = ("gland-affine", "ecmca-lstm")
+#: Segmentation models giving the glands of ``gland-affine`` when the user has no masks.
+GLAND_MODELS = {"fixed": "gland-trus", "moving": "gland-mri"}
 
 
 def method_names() -> list[str]:
@@ -33,12 +36,45 @@ def method_names() -> list[str]:
     return ["auto", *CLASSICAL_METHODS, ATTENTION_REG, *sorted(REGISTRATION_MODELS)]
 
 
+def _gland_models_present() -> bool:
+    from ..segmentation.models import default_weights_path
+
+    return all(default_weights_path(name).is_file() for name in GLAND_MODELS.values())
+
+
 def auto_stages(masks_given: bool) -> list[str]:
-    """What ``auto`` runs: ``["bspline"]`` with masks, else the learned stages with weights (or ``["bspline"]``)."""
-    if masks_given:
-        return ["bspline"]
-    learned = [name for name in AUTO_CHAIN if name in available_methods()]
-    return learned or ["bspline"]
+    """The stages ``auto`` runs here: :data:`AUTO_CHAIN` without the stages lacking weights, else ``bspline``."""
+    learned = set(available_methods())
+    stages = [stage for stage in AUTO_CHAIN
+              if stage in learned or (stage == "gland-affine" and (masks_given or _gland_models_present()))]
+    return stages or ["bspline"]
+
+
+def predicted_glands(fixed: sitk.Image, moving: sitk.Image, device: str = "auto") -> tuple[sitk.Image, sitk.Image]:
+    """(TRUS gland, MRI gland) masks predicted by the bundled gland models (on each image's own grid)."""
+    from ..segmentation.inference import segment
+
+    fixed_mask = segment({"trus": fixed}, GLAND_MODELS["fixed"], device=device).label == 1
+    moving_mask = segment({"mri": moving}, GLAND_MODELS["moving"], device=device).label == 1
+    return fixed_mask, moving_mask
+
+
+def _run_auto(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image],
+              moving_mask: Optional[sitk.Image], device: str, initial: Optional[sitk.Transform]) -> sitk.Transform:
+    """The stages of :func:`auto_stages`, each starting from the previous transform."""
+    from .learned.infer import register_learned
+
+    transform = initial
+    for stage in auto_stages(fixed_mask is not None):
+        if stage == "bspline":
+            return register_classical(fixed, moving, "bspline", fixed_mask, moving_mask)
+        if stage == "gland-affine":
+            if fixed_mask is None:
+                fixed_mask, moving_mask = predicted_glands(fixed, moving, device)
+            transform = register_classical(fixed, moving, "affine", fixed_mask, moving_mask)  # from scratch
+        else:
+            transform = register_learned(fixed, moving, stage, None, device, transform)
+    return transform
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, method: str = "auto", fixed_mask: Optional[sitk.Image] = None,
@@ -69,13 +105,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, method: str = "auto", fixed_
 
         return register_attention_reg(fixed, moving, initial=initial, weights=weights, device=device,
                                       fixed_mask=fixed_mask, moving_mask=moving_mask)
+    if method == "auto":
+        return _run_auto(fixed, moving, fixed_mask, moving_mask, device, initial)
     from .learned.infer import register_learned
 
-    if method != "auto":
-        return register_learned(fixed, moving, method, weights, device, initial)
-    transform = initial
-    for stage in auto_stages(fixed_mask is not None):
-        if stage in CLASSICAL_METHODS:
-            return register_classical(fixed, moving, stage, fixed_mask, moving_mask)
-        transform = register_learned(fixed, moving, stage, None, device, transform)
-    return transform
+    return register_learned(fixed, moving, method, weights, device, initial)

@@ -1,10 +1,12 @@
-"""The ``data`` section of a training config: synthetic phantoms, or files in one of the three dataset layouts.
+"""The ``data`` section of a training config: synthetic phantoms, files in one of the three dataset layouts, or
+Attention-Reg's perturbed pairs.
 
 ``source`` picks the kind: ``phantom`` (default; an endless stream of patches from generated cases),
-``deepreg`` (paired layout), ``muregpro`` (``train``/``val`` splits; ``holdout`` is refused) or ``manifest``
-(a CSV, see :func:`MRITRUSFusionLib.io.manifest_cases`). File sources select cases by name or numbered range
-(``obs000-obs079``) and refuse any selection that touches their ``held_out`` patterns, by default the
-held-out test set ``obs080-obs107`` of ``mrus-example``.
+``deepreg`` (paired layout), ``muregpro`` (``train``/``val`` splits; ``holdout`` is refused), ``manifest``
+(a CSV, see :func:`MRITRUSFusionLib.io.manifest_cases`) or ``attention-reg-sample`` (Attention-Reg's rigid
+perturbations of the authors' sample and of rigid phantoms, :class:`AttentionRegSampleDataSection`). File
+sources select cases by name or numbered range (``obs000-obs079``) and refuse any selection that touches their
+``held_out`` patterns, by default the held-out test set ``obs080-obs107`` of ``mrus-example``.
 
 Relative paths are taken from the working directory. Whether ``path`` exists is checked by
 :func:`check_data_paths` when training starts (before any work), so configs stay loadable everywhere.
@@ -25,7 +27,9 @@ HELD_OUT_PHANTOM_SEEDS = range(1000, 1100)
 #: Folder name of the shared example dataset whose test set (:data:`HELD_OUT_CASES`) is always held out.
 MRUS_EXAMPLE = "mrus-example"
 #: Values of ``data.source``.
-DATA_SOURCES = ("phantom", "deepreg", "muregpro", "manifest")
+DATA_SOURCES = ("phantom", "deepreg", "muregpro", "manifest", "attention-reg-sample")
+#: Case numbers of the Attention-Reg sample (``init{k}`` folders) by split; ``test`` is never trained or tuned on.
+ATTENTION_REG_SAMPLE_SPLITS = {"train": (1, 2, 3, 4, 5, 6), "val": (7, 8), "test": (0, 9)}
 #: Case roles every layout provides (further extras folders or manifest columns may be named too).
 STANDARD_ROLES = ("fixed_image", "moving_image", "fixed_label", "moving_label")
 
@@ -143,6 +147,9 @@ class FileDataSection(Section):
     #: Fraction of prepared cases kept in memory (``monai.data.CacheDataset``), and loader worker processes.
     cache_rate: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(0, ge=0)
+    #: Registration models only: pre-align each MRI before training, ``gland-affine`` = the classical gland-driven
+    #: affine from the true masks (a deformable model then learns the residual, as after ``auto``'s pre-alignment).
+    prealign: Literal["none", "gland-affine"] = "none"
 
     @field_validator("held_out", "cases", "validation_cases")
     @classmethod
@@ -214,6 +221,61 @@ class ManifestDataSection(FileDataSection):
     """A CSV manifest, one row per case (columns ``name``, ``fixed_image``, ``moving_image``, ...)."""
 
     source: Literal["manifest"]
+
+
+class AttentionRegSampleDataSection(Section):
+    """Attention-Reg (seed 002) training pairs: each item a random rigid perturbation of the truth of one source
+    (a case of the authors' sample or a rigid phantom pair), drawn uniformly within ±``max_translation_mm`` /
+    ±``max_rotation_deg`` and rescaled to an SRE uniform in [0, ``max_sre_mm``] on the proxy gland surface,
+    the network grid centre jittered by ±``centre_jitter_mm``. Validation starts are fixed: each validation
+    case's own start plus ``val_perturbations`` perturbations of SRE uniform in [1, ``max_sre_mm``] mm, scored
+    after ``val_stages`` refinement rounds."""
+
+    source: Literal["attention-reg-sample"]
+    #: The sample folder; None: ``$MRITRUS_ATTENTION_REG_SAMPLE``, else ``../shared/data/attention-reg-sample``.
+    root: Optional[Path] = None
+    #: Sample case numbers (0-9) for training and for validation; the test cases 0 and 9 are refused.
+    train_cases: list[int] = Field(default_factory=lambda: list(ATTENTION_REG_SAMPLE_SPLITS["train"]))
+    val_cases: list[int] = Field(default_factory=lambda: list(ATTENTION_REG_SAMPLE_SPLITS["val"]))
+    #: Seeds of rigid phantom pairs added to training (validation phantoms: ``validation.seeds``).
+    phantom_seeds: list[int] = Field(default_factory=list)
+    max_sre_mm: float = Field(20.0, gt=0)
+    max_translation_mm: float = Field(5.0, ge=0)
+    max_rotation_deg: float = Field(6.0, ge=0)
+    centre_jitter_mm: float = Field(3.0, ge=0)
+    #: Seeded perturbations per validation case, on top of the case's own start (sample cases).
+    val_perturbations: int = Field(4, ge=0)
+    #: Refinement rounds when scoring validation (stage ``n`` runs network ``min(n, stages - 1)``).
+    val_stages: int = Field(2, ge=1)
+
+    @field_validator("train_cases", "val_cases")
+    @classmethod
+    def _sample_cases(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        unknown = sorted(set(value) - set(range(10)))
+        if unknown:
+            raise ValueError(f"sample cases are numbered 0-9, got {unknown}")
+        test = sorted(set(value) & set(ATTENTION_REG_SAMPLE_SPLITS["test"]))
+        if test:
+            raise ValueError(f"test case(s) {test} of the sample are held out (test split "
+                             f"{list(ATTENTION_REG_SAMPLE_SPLITS['test'])}): never train, tune or pick models on them")
+        both = sorted(set(value) & set(info.data.get("train_cases", []))) if info.field_name == "val_cases" else []
+        if both:
+            raise ValueError(f"case(s) {both} are also training cases (data.train_cases)")
+        return value
+
+    @field_validator("phantom_seeds")
+    @classmethod
+    def _not_held_out(cls, value: list[int]) -> list[int]:
+        clash = sorted(set(value) & set(HELD_OUT_PHANTOM_SEEDS))
+        if clash:
+            raise ValueError(f"seeds {clash} are held-out phantom seeds")
+        return value
+
+    @model_validator(mode="after")
+    def _some_training_source(self) -> "AttentionRegSampleDataSection":
+        if not self.train_cases and not self.phantom_seeds:
+            raise ValueError("no training source: give train_cases and/or phantom_seeds")
+        return self
 
 
 def data_source_default(value: Any) -> Any:

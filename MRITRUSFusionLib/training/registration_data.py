@@ -23,6 +23,7 @@ import torch
 
 from ..io import Case, read_label_channels, read_volume
 from ..phantom import generate_phantom
+from ..registration.classical import register_classical
 from ..registration.learned.grid import normalised_on_grid, registration_grid
 from .augmentation import augment, build_augmentation
 from .config import AugmentationSection, TrainingConfig
@@ -49,34 +50,39 @@ class RegistrationCase:
         return {key: getattr(self, key) for key in (*IMAGE_KEYS, *LABEL_KEYS)}
 
 
-def labels_on_grid(channels: Sequence[sitk.Image], grid: sitk.Image) -> np.ndarray:
-    """Binary label channels sampled nearest-neighbour on ``grid``: (L, D, H, W) uint8."""
+def labels_on_grid(channels: Sequence[sitk.Image], grid: sitk.Image,
+                   transform: Optional[sitk.Transform] = None) -> np.ndarray:
+    """Binary label channels sampled nearest-neighbour on ``grid`` at ``transform(x)``: (L, D, H, W) uint8."""
     return np.stack([sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(channel > 0, sitk.sitkUInt8), grid,
-                                                          sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+                                                          transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0))
                      for channel in channels])
 
 
 def make_registration_case(name: str, fixed: sitk.Image, moving: sitk.Image, fixed_labels: Sequence[sitk.Image],
-                           moving_labels: Sequence[sitk.Image], size: Sequence[int],
-                           spacing_mm: float) -> RegistrationCase:
-    """A :class:`RegistrationCase` on the grid of ``size`` voxels (i, j, k) at ``spacing_mm`` around ``fixed``.
+                           moving_labels: Sequence[sitk.Image], size: Sequence[int], spacing_mm: float,
+                           prealign: str = "none") -> RegistrationCase:
+    """A :class:`RegistrationCase` on the grid of ``size`` voxels (i, j, k) at ``spacing_mm`` around ``fixed``,
+    the MRI side through the classical gland-driven affine of the glands (channel 0) when ``prealign`` is
+    ``gland-affine``.
 
     Only channels present in both label lists are kept (fixed channel ``c`` corresponds to moving channel ``c``).
     """
     grid = registration_grid(fixed, size, spacing_mm)
     count = min(len(fixed_labels), len(moving_labels))
-    return RegistrationCase(name, normalised_on_grid(fixed, grid)[None], normalised_on_grid(moving, grid)[None],
-                            labels_on_grid(fixed_labels[:count], grid), labels_on_grid(moving_labels[:count], grid),
-                            float(spacing_mm))
+    initial = (register_classical(fixed, moving, "affine", fixed_labels[0], moving_labels[0])
+               if prealign == "gland-affine" else None)
+    return RegistrationCase(name, normalised_on_grid(fixed, grid)[None], normalised_on_grid(moving, grid, initial)[None],
+                            labels_on_grid(fixed_labels[:count], grid),
+                            labels_on_grid(moving_labels[:count], grid, initial), float(spacing_mm))
 
 
-def file_case(case: Case, size: Sequence[int], spacing_mm: float) -> RegistrationCase:
+def file_case(case: Case, size: Sequence[int], spacing_mm: float, prealign: str = "none") -> RegistrationCase:
     """The :class:`RegistrationCase` of a dataset case (both label files required)."""
     return make_registration_case(
         case.name, read_volume(case.fixed_image, name=f"{case.name} fixed image"),
         read_volume(case.moving_image, name=f"{case.name} moving image"),
         read_label_channels(case.fixed_label, name=f"{case.name} fixed label"),
-        read_label_channels(case.moving_label, name=f"{case.name} moving label"), size, spacing_mm)
+        read_label_channels(case.moving_label, name=f"{case.name} moving label"), size, spacing_mm, prealign)
 
 
 def phantom_registration_case(seed: int, config: TrainingConfig, default_anatomy: bool = False) -> RegistrationCase:
@@ -103,9 +109,9 @@ def registration_cases(config: TrainingConfig) -> tuple[list[RegistrationCase], 
     """(training, validation) cases of ``config``, labels padded to one channel count over both."""
     size, spacing = config.patch_size, config.spacing_mm
     if isinstance(config.data, FileDataSection):
-        lists = list_cases(config.data)
-        training = [file_case(case, size, spacing) for case in lists.training]
-        validation = [file_case(case, size, spacing) for case in lists.validation]
+        lists, prealign = list_cases(config.data), config.data.prealign
+        training = [file_case(case, size, spacing, prealign) for case in lists.training]
+        validation = [file_case(case, size, spacing, prealign) for case in lists.validation]
     else:
         seeds = range(config.data.seed_start, config.data.seed_start + config.data.count)
         training = [phantom_registration_case(seed, config) for seed in seeds]
