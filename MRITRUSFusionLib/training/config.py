@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..errors import InputError
 from .data_config import (
     DATA_SOURCES,
+    AttentionRegSampleDataSection,
     HELD_OUT_PHANTOM_SEEDS,
     DeepRegDataSection,
     ManifestDataSection,
@@ -33,8 +34,8 @@ from .data_config import (
 __all__ = ["HELD_OUT_PHANTOM_SEEDS", "PhantomDataSection", "TrainingConfig", "as_config", "config_from_dict",
            "load_config"]
 
-DataSection = Annotated[Union[PhantomDataSection, DeepRegDataSection, MuRegProDataSection, ManifestDataSection],
-                        Field(discriminator="source")]
+DataSection = Annotated[Union[PhantomDataSection, DeepRegDataSection, MuRegProDataSection, ManifestDataSection,
+                              AttentionRegSampleDataSection], Field(discriminator="source")]
 
 
 class ModelSection(Section):
@@ -42,6 +43,9 @@ class ModelSection(Section):
 
     name: str = "trus-unet"
     arguments: dict[str, Any] = Field(default_factory=dict)
+    #: Multi-stage models (``attention-reg``): a checkpoint of the same model whose stage networks run before
+    #: the one trained here; training starts from its last stage and the output holds every stage.
+    previous_stages: Optional[Path] = None
 
 
 def check_model_name(config: "TrainingConfig", source: str = "config") -> None:
@@ -69,9 +73,10 @@ class LossTerm(Section):
 
 class LossSection(Section):
     """Segmentation models: Dice + cross-entropy (``monai.losses.DiceCELoss`` on softmax outputs) with their
-    weights. Registration models: the weighted sum of ``terms`` (``name: terms``)."""
+    weights. Registration models: the weighted sum of ``terms`` (``name: terms``). Rigid-parameter regression
+    (``attention-reg``): mean squared error on the 6 parameters, mm and degrees (``name: mse``)."""
 
-    name: Literal["dice_ce", "terms"] = "dice_ce"
+    name: Literal["dice_ce", "terms", "mse"] = "dice_ce"
     lambda_dice: float = Field(1.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0)
     terms: list[LossTerm] = Field(default_factory=list)
@@ -136,15 +141,19 @@ class OptimiserSection(Section):
     schedule: Literal["constant", "poly", "cosine"] = "poly"
     #: Linear warm-up from 0 over the first iterations of each phase.
     warmup_iterations: int = Field(0, ge=0)
+    #: Length in steps of the ``poly``/``cosine`` decay (None: each phase's length); a longer one ends the
+    #: run part-way down the curve, a shorter one holds the end value.
+    schedule_iterations: Optional[int] = Field(None, ge=1)
 
 
 class ValidationSection(Section):
     """What validation scores: phantom ``seeds`` (default phantom configuration) and/or the file source's
     ``validation_cases``; ``metric`` picks the best checkpoint (``dice``: higher is better; ``loss`` and, for
-    registration models, mean landmark ``tre`` in mm: lower)."""
+    registration models, mean landmark ``tre`` in mm: lower; for ``attention-reg``, ``sre``: mean surface
+    registration error in mm after the iterative refinement, lower, with ``seeds`` rigid phantom pairs)."""
 
     seeds: list[int] = Field(default_factory=list)
-    metric: Literal["dice", "tre", "loss"] = "dice"
+    metric: Literal["dice", "tre", "loss", "sre"] = "dice"
 
     @field_validator("seeds")
     @classmethod

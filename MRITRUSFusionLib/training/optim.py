@@ -1,8 +1,8 @@
 """Optimiser and learning-rate schedule from the ``optimiser`` config section.
 
-The schedule restarts in each phase: with ``t`` steps done of a phase of ``T``, the factor on ``lr`` is
-``lr_scale × warm-up(t) × decay(t / T)``, decay being 1 (``constant``), ``(1 - t/T)^0.9`` (``poly``) or
-``(1 + cos(π t/T)) / 2`` (``cosine``).
+The schedule restarts in each phase: with ``t`` steps done of a phase of ``T`` (or of ``schedule_iterations``
+when set, ``t`` then capped at ``T``), the factor on ``lr`` is ``lr_scale × warm-up(t) × decay(t / T)``, decay
+being 1 (``constant``), ``(1 - t/T)^0.9`` (``poly``) or ``(1 + cos(π t/T)) / 2`` (``cosine``).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def lr_factor(section: OptimiserSection, plan: list[Phase]) -> Callable[[int], f
     """Factor on the base learning rate at step ``step`` (0-based steps done)."""
     def factor(step: int) -> float:
         phase = phase_at(plan, step)
-        done = min(step - phase.start, phase.iterations)
-        value = _decay(section.schedule, done, phase.iterations)
+        total = section.schedule_iterations or phase.iterations
+        done = min(step - phase.start, total)
+        value = _decay(section.schedule, done, total)
         if section.warmup_iterations and done < section.warmup_iterations:
             value *= (done + 1) / (section.warmup_iterations + 1)
         return value * phase.lr_scale if phase.lr_scale != 1.0 else value

@@ -70,6 +70,9 @@ class RegistrationTask:
         if config.loss.name != "terms":
             raise InputError(f"config key 'loss.name': registration model '{self.spec.name}' is trained with "
                              f"'terms' (a weighted list under loss.terms), got '{config.loss.name}'")
+        if config.validation.metric == "sre":
+            raise InputError(f"config key 'validation.metric': registration model '{self.spec.name}' is scored by "
+                             f"'dice', 'tre' or 'loss' ('sre' is for attention-reg)")
         self.loss_function(config.loss)  # InputError naming a bad term before any work
 
     @property

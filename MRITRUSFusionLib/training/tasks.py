@@ -21,6 +21,7 @@ from ..segmentation.checkpoints import make_checkpoint
 from ..segmentation.models import MODELS as SEGMENTATION_MODELS
 from ..registration.learned.models import REGISTRATION_MODELS
 from ..segmentation.models import ModelSpec, model_spec
+from .attention_reg_task import AttentionRegTask
 from .registration_task import RegistrationTask
 from .sources import DataSource, build_source
 
@@ -54,9 +55,10 @@ class SegmentationTask:
     def __init__(self, config):
         self.config = config
         self.spec: ModelSpec = model_spec(config.model.name)
-        if config.validation.metric == "tre" or config.loss.terms:
+        if config.validation.metric in ("tre", "sre") or config.loss.name != "dice_ce" or config.loss.terms:
             raise InputError(f"config: segmentation model '{self.spec.name}' takes loss 'dice_ce' and validation "
-                             f"metric 'dice' or 'loss' (loss.terms and metric 'tre' are for registration models)")
+                             f"metric 'dice' or 'loss' (loss 'terms'/'mse' and metrics 'tre'/'sre' are for "
+                             f"registration models)")
 
     @property
     def normalisation(self) -> str:
@@ -113,12 +115,17 @@ class SegmentationTask:
                                self.normalisation, **extra)
 
 
-Task = Union[SegmentationTask, RegistrationTask]
+register_task("attention-reg", AttentionRegTask)
+
+Task = Union[SegmentationTask, RegistrationTask, AttentionRegTask]
 
 
 def task_for(config) -> Task:
     """The task training ``config.model.name``."""
     name = config.model.name
+    if config.model.previous_stages is not None and name != "attention-reg":
+        raise InputError(f"config key 'model.previous_stages': model '{name}' has no stages to continue "
+                         f"(multi-stage training is for attention-reg)")
     if name in _TASKS:
         return _TASKS[name](config)
     if name in REGISTRATION_MODELS:
@@ -128,7 +135,7 @@ def task_for(config) -> Task:
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is a better model."""
-    return metric not in ("loss", "tre")
+    return metric not in ("loss", "tre", "sre")
 
 
 def is_better(metric: str, value: float, best: Optional[float]) -> bool:

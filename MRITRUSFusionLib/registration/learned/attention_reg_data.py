@@ -49,10 +49,11 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import InputError
+from ...training.data_config import ATTENTION_REG_SAMPLE_SPLITS
 from .spatial import rigid_params_to_euler, rigid_params_to_matrix
 
 #: Sample split of the authors' folder (``init{k}`` sub-folders).
-SAMPLE_SPLITS = {"train": (1, 2, 3, 4, 5, 6), "val": (7, 8), "test": (0, 9)}
+SAMPLE_SPLITS = ATTENTION_REG_SAMPLE_SPLITS
 
 #: Voxel spacing (mm, x/y/z = numpy axes 2/1/0) of the sample patches, fitted from the data (see the module
 #: docstring); an assumption, the arrays do not record it.
@@ -286,21 +287,23 @@ def flatten_linear(first: sitk.Transform, second: sitk.Transform) -> sitk.Affine
 
 @dataclass
 class RegistrationSource:
-    """One fixed/moving pair with its true transform (TRUS point → MRI point) and network-grid centre."""
+    """One fixed/moving pair with its true transform (TRUS point → MRI point), network-grid centre and, for
+    sample cases, the case's own initial estimate ``start``."""
 
     trus: sitk.Image
     mri: sitk.Image
     true_transform: sitk.Transform
     centre_mm: np.ndarray
     name: str = ""
+    start: Optional[sitk.Transform] = None
 
 
 def sample_sources(indices: Sequence[int], root: Optional[os.PathLike] = None) -> list[RegistrationSource]:
     """Sample cases as sources; the network grid is centred on the TRUS patch centre."""
     sources = []
     for index in indices:
-        trus, mri, true, _ = sample_case_images(load_sample_case(index, root))
-        sources.append(RegistrationSource(trus, mri, true, image_centre_mm(trus), f"sample{index}"))
+        trus, mri, true, start = sample_case_images(load_sample_case(index, root))
+        sources.append(RegistrationSource(trus, mri, true, image_centre_mm(trus), f"sample{index}", start))
     return sources
 
 
@@ -341,14 +344,17 @@ def make_batch(sources: Sequence[RegistrationSource], rng: np.random.Generator, 
                max_translation_mm: float = PAPER_MAX_TRANSLATION_MM,
                max_rotation_deg: float = PAPER_MAX_ROTATION_DEG, max_sre_mm: Optional[float] = None,
                centre_jitter_mm: float = 3.0, size: Sequence[int] = DEFAULT_PATCH_SIZE,
-               spacing_mm: float = DEFAULT_PATCH_SPACING_MM):
+               spacing_mm: float = DEFAULT_PATCH_SPACING_MM, keep: Optional[Sequence[int]] = None):
     """A random batch as tensors ``(trus (B,1,D,H,W), mri (B,1,D,H,W), target (B,6))``.
 
     Each item: a random source, a uniform perturbation (paper ranges), rescaled to an SRE uniform in
     ``[0, max_sre_mm]`` on the proxy-gland surface when ``max_sre_mm`` is given, a jittered grid centre.
+    ``keep``: indices of the items built (default all); the others are drawn too, so each process of a
+    distributed run takes its slice of the batch one process would draw.
     """
+    keep = range(int(batch_size)) if keep is None else set(keep)
     trus_list, mri_list, targets = [], [], []
-    for _ in range(int(batch_size)):
+    for index in range(int(batch_size)):
         source = sources[int(rng.integers(len(sources)))]
         params = random_rigid_params(rng, 1, max_translation_mm, max_rotation_deg)[0]
         offset = rng.uniform(-centre_jitter_mm, centre_jitter_mm, size=3)
@@ -356,6 +362,8 @@ def make_batch(sources: Sequence[RegistrationSource], rng: np.random.Generator, 
             centre = np.asarray(source.centre_mm) + offset
             points = proxy_surface_points(patch_grid(source.trus, centre, size, spacing_mm))
             params = scale_to_sre(params, float(rng.uniform(0.0, max_sre_mm)), points, centre)
+        if index not in keep:
+            continue
         trus_patch, mri_patch, target, _, _ = make_pair(source, params, size, spacing_mm, offset)
         trus_list.append(trus_patch)
         mri_list.append(mri_patch)
@@ -371,3 +379,36 @@ def proxy_surface_points(reference: sitk.Image, fraction: float = 0.35) -> np.nd
     points = surface_points_mm(proxy_gland_mask(reference, fraction))
     step = max(len(points) // 400, 1)
     return np.asarray(points[::step], float)
+
+
+@dataclass
+class ValidationItem:
+    """A fixed validation start: the pair, the start estimate (TRUS point → MRI point), the SRE mask."""
+
+    name: str
+    source: RegistrationSource
+    start: sitk.Transform
+    mask: sitk.Image
+
+
+def validation_items(sources: Sequence[RegistrationSource], rng: np.random.Generator, perturbations: int,
+                     max_translation_mm: float = PAPER_MAX_TRANSLATION_MM,
+                     max_rotation_deg: float = PAPER_MAX_ROTATION_DEG, max_sre_mm: float = 20.0,
+                     size: Sequence[int] = DEFAULT_PATCH_SIZE,
+                     spacing_mm: float = DEFAULT_PATCH_SPACING_MM) -> list[ValidationItem]:
+    """Fixed validation starts: per source its own ``start`` (sample cases) and ``perturbations`` starts
+    ``T_true ∘ P⁻¹`` with ``P`` uniform in the paper ranges rescaled to an SRE uniform in [1, ``max_sre_mm``]
+    mm on the proxy surface of the grid about the source centre (drawn from ``rng``). SRE is then measured
+    on the surface of :func:`proxy_gland_mask` of the TRUS."""
+    items = []
+    for source in sources:
+        mask = proxy_gland_mask(source.trus)
+        if source.start is not None:
+            items.append(ValidationItem(f"{source.name}/start", source, source.start, mask))
+        points = proxy_surface_points(patch_grid(source.trus, source.centre_mm, size, spacing_mm))
+        for index in range(int(perturbations)):
+            params = random_rigid_params(rng, 1, max_translation_mm, max_rotation_deg)[0]
+            params = scale_to_sre(params, float(rng.uniform(1.0, max_sre_mm)), points, source.centre_mm)
+            start = perturbed_start(source.true_transform, params, source.centre_mm)
+            items.append(ValidationItem(f"{source.name}/p{index}", source, start, mask))
+    return items
