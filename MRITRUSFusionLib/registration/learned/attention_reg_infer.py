@@ -31,8 +31,8 @@ from .attention_reg_data import (apply_correction, image_centre_mm, normalise_pa
 MODEL_NAME = "attention-reg"
 #: Text naming the expected architecture in error messages.
 EXPECTED = ("an 'attention-reg' checkpoint (AttentionReg of seed 002: keys model='attention-reg', arguments, "
-            "state_dict, patch_size, spacing_mm; e.g. Resources/Models/attention-reg.pt from "
-            "`mritrus-fusion train MRITRUSFusionLib/configs/attention-reg.yaml`)")
+            "state_dict, patch_size, spacing_mm; e.g. Resources/Models/attention-reg.pt, trained by "
+            "`mritrus-fusion train` with MRITRUSFusionLib/configs/attention-reg.yaml then attention-reg-stage2.yaml)")
 DEFAULT_WEIGHTS_NAME = "attention-reg.pt"
 
 
