@@ -4,8 +4,9 @@
   least once; ``last.pt`` loads right after the kill, and ``--resume`` reaches weights bit-identical to an
   uninterrupted run of the same config (CPU, fixed seed, one thread everywhere).
 - Outputs: a subprocess writing a large volume through the library's atomic writer is SIGKILLed while the
-  temporary file grows; the previous file under the final name is byte-identical afterwards. The only leftover
-  is the hidden temporary ``.NAME.XXXXXXXX.part.SUFFIX`` beside it, which dataset listings ignore.
+  temporary file grows; the previous file under the final name is byte-identical afterwards (for ``.mhd``, the
+  header and its data file). The only leftover is hidden: the temporary ``.NAME.XXXXXXXX.part.SUFFIX`` beside
+  it (``.mhd``: the scratch folder ``.NAME.XXXXXXXX/``), which dataset listings ignore.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ from MRITRUSFusionLib.io import write_volume
 voxels = np.random.default_rng(0).random((160, 160, 160), dtype=np.float32)  # incompressible: a slow write
 write_volume(sitk.GetImageFromArray(voxels), sys.argv[1], overwrite=True)
 """
+FULL_SIZE = 160 ** 3 * 4
 
 
 def small_volume(value: float) -> sitk.Image:
@@ -139,25 +141,32 @@ def small_volume(value: float) -> sitk.Image:
     return image
 
 
-def test_sigkill_mid_write_leaves_the_previous_file_intact(tmp_path):
+def hidden_files(folder: Path) -> list:
+    """Files in ``folder`` or below whose name, or whose top folder's name, starts with a dot."""
+    return [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0].startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["case.nii.gz", "case.mhd"])
+def test_sigkill_mid_write_leaves_the_previous_file_intact(tmp_path, name):
     root = tmp_path / "dataset"
-    target = write_volume(small_volume(1.0), root / "fixed_images" / "case.nii.gz")
-    write_volume(small_volume(2.0), root / "moving_images" / "case.nii.gz")
-    before, cases_before = target.read_bytes(), deepreg_paired_cases(root)
+    target = write_volume(small_volume(1.0), root / "fixed_images" / name)
+    write_volume(small_volume(2.0), root / "moving_images" / name)
+    folder = target.parent
+    before = {path: path.read_bytes() for path in folder.iterdir()}  # .mhd: the header and its data file
+    cases_before = deepreg_paired_cases(root) if name.endswith(".nii.gz") else None
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(WRITER))
 
-    def partial_files() -> list:
-        return list(target.parent.glob(".case.nii.gz.*.part.nii.gz"))
-
     log = tmp_path / "writer.log"
     process = start([str(script), str(target)], log)
-    wait_for(lambda: any(p.stat().st_size > 0 for p in partial_files()), process, log)
+    wait_for(lambda: any(p.stat().st_size > 0 for p in hidden_files(folder)), process, log)
     sigkill(process)
 
-    assert target.read_bytes() == before
+    assert {path: path.read_bytes() for path in folder.iterdir() if path in before} == before
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(target)), 1.0)
-    leftovers = sorted(set(target.parent.iterdir()) - {target})
-    assert leftovers == partial_files() and len(leftovers) == 1, leftovers
-    assert 0 < leftovers[0].stat().st_size < 160 ** 3 * 4, "killed mid-write: the temporary file is partial"
-    assert deepreg_paired_cases(root) == cases_before, "dataset listings must ignore the temporary file"
+    leftovers = sorted(set(folder.iterdir()) - set(before))
+    assert leftovers and all(p.name.startswith(f".{name}.") for p in leftovers), leftovers
+    partial = hidden_files(folder)
+    assert 0 < sum(p.stat().st_size for p in partial) < FULL_SIZE, "killed mid-write: the temporary is partial"
+    if cases_before is not None:
+        assert deepreg_paired_cases(root) == cases_before, "dataset listings must ignore the temporary file"

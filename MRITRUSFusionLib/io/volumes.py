@@ -153,8 +153,13 @@ def read_volume(path: str | os.PathLike, *, pixel_type: int = sitk.sitkFloat32, 
 
 
 def _write_metaimage_pair(image: sitk.Image, tmp: Path, target: Path, compress: bool) -> None:
-    """Write ``.mhd`` + data file: the data file is named after ``target`` (the header refers to it by name)."""
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    """Write ``.mhd`` + data file: the data file is named after ``target`` (the header refers to it by name).
+
+    Both are written in a hidden scratch folder ``.NAME.XXXXXXXX`` (what a killed write leaves), then the data
+    file and the header are renamed into place, in that order: only between those two renames does the
+    previous header see the new data.
+    """
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
         header = Path(scratch) / target.name
         sitk.WriteImage(image, str(header), compress)
         for data in Path(scratch).iterdir():
