@@ -116,7 +116,8 @@ def test_bad_data_sections_are_one_line_naming_the_key(change, message):
 
 @pytest.mark.parametrize("change, message", [
     ({"loss": {"name": "dice_ce"}}, "config key 'loss.name': 'attention-reg' is trained with 'mse'"),
-    ({"validation": {"metric": "dice", "seeds": [4]}}, "config key 'validation.metric': 'attention-reg' is scored by 'sre'"),
+    ({"validation": {"metric": "dice", "seeds": [4]}},
+     "config key 'validation.metric': 'attention-reg' is scored by 'sre'"),
     ({"data": {"source": "phantom"}}, "config key 'data.source': 'attention-reg' trains on 'attention-reg-sample'"),
     ({"augmentation": {"flip_axes": [0]}}, "config key 'augmentation'"),
     ({"validation": {"metric": "sre", "seeds": [3]}}, r"config key 'validation.seeds': phantom seeds \[3\]"),
