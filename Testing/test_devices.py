@@ -3,13 +3,14 @@ fallback is allowed (``--device auto``), one clear error line when it is not (``
 
 No GPU is needed: the accelerator is played by PyTorch's ``meta`` device, and the network's forward raises
 ``torch.cuda.OutOfMemoryError`` for inputs on it, as a CUDA allocation failure would. For Attention-Reg the
-weights really move there (so the CPU rerun must reload them); a segmentation model only claims to be there
-(its CPU rerun moves the network, which from ``meta`` would have no data to move).
+weights really move there (so the CPU rerun must reload them); segmentation and learned registration models
+only claim to be there (their CPU rerun moves the network, which from ``meta`` would have no data to move).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,9 @@ from MRITRUSFusionLib.phantom import generate_phantom
 from MRITRUSFusionLib.registration.learned import attention_reg_infer
 from MRITRUSFusionLib.registration.learned.attention_reg import AttentionReg
 from MRITRUSFusionLib.registration.learned.attention_reg_infer import register_attention_reg
+from MRITRUSFusionLib.registration.learned.baselines import build_globalnet
+from MRITRUSFusionLib.registration.learned.infer import register_batch
+from MRITRUSFusionLib.registration.learned.models import LoadedRegistration, registration_spec
 from MRITRUSFusionLib.segmentation.checkpoints import make_checkpoint, save_checkpoint
 from MRITRUSFusionLib.segmentation import inference
 from MRITRUSFusionLib.segmentation.inference import tumour_probability
@@ -171,3 +175,25 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(pair, unet_weights
     monkeypatch.setattr(inference, "sliding_window_inference", broken)
     with pytest.raises(RuntimeError, match="expected input"):
         tumour_probability(pair[0], model=model)
+
+
+# ------------------------------------------------------------------------------------------ learned registration
+def test_learned_registration_moves_to_cpu_on_out_of_memory(pair, monkeypatch, caplog):
+    torch.manual_seed(0)
+    network = build_globalnet(spatial_size=(16, 16, 16)).eval()
+    with torch.no_grad():
+        for parameter in network.parameters():  # away from the identity it starts as
+            parameter.add_(0.05 * torch.randn_like(parameter))
+
+    def loaded(device: torch.device, fallback: bool) -> LoadedRegistration:
+        return LoadedRegistration(registration_spec("globalnet"), network, device, 6.0, (16, 16, 16),
+                                  Path("random"), cpu_fallback=fallback)
+    expected = register_batch(loaded(torch.device("cpu"), False), [(*pair, None)])[0]
+    monkeypatch.setattr(type(network), "forward", raise_oom_off_cpu(type(network).forward))
+    with pytest.raises(InputError, match=r"^registration \(globalnet\): CUDA out of memory"):
+        register_batch(loaded(ACCELERATOR, False), [(*pair, None)])
+    model = loaded(ACCELERATOR, True)
+    with caplog.at_level(logging.WARNING, logger="MRITRUSFusionLib"):
+        transform = register_batch(model, [(*pair, None)])[0]
+    assert parameters(transform) == parameters(expected) and parameters(expected) != parameters(sitk.AffineTransform(3))
+    assert len(fallback_warnings(caplog)) == 1 and model.device == torch.device("cpu")

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ...devices import run_with_cpu_fallback
 from ...errors import InputError
 from ...memory_format import as_channels_last
 from .grid import GridPair, pair_on_grid
@@ -33,12 +34,20 @@ def _autocast(device: torch.device):
 
 
 def predict_ddfs(model: LoadedRegistration, pairs: Sequence[GridPair]) -> torch.Tensor:
-    """The network's DDFs (B, 3, D, H, W), voxels of each pair's grid, float32 on CPU, one batch for all."""
-    fixed = as_channels_last(torch.cat([pair.fixed for pair in pairs]).to(model.device))
-    moving = as_channels_last(torch.cat([pair.moving for pair in pairs]).to(model.device))
-    with torch.inference_mode(), _autocast(model.device):
-        ddf = model.network(fixed, moving)["ddf"]
-    return ddf.float().cpu()
+    """The network's DDFs (B, 3, D, H, W), voxels of each pair's grid, float32 on CPU, one batch for all.
+
+    If CUDA runs out of memory and ``model.cpu_fallback`` allows it, the model moves to the CPU (with a
+    warning) and runs there; otherwise :class:`InputError`.
+    """
+    def run(device: torch.device) -> torch.Tensor:
+        if device != model.device:  # the CPU rerun after CUDA ran out of memory: the model stays there
+            model.network, model.device = model.network.to(device), device
+        fixed = as_channels_last(torch.cat([pair.fixed for pair in pairs]).to(device))
+        moving = as_channels_last(torch.cat([pair.moving for pair in pairs]).to(device))
+        with torch.inference_mode(), _autocast(device):
+            ddf = model.network(fixed, moving)["ddf"]
+        return ddf.float().cpu()
+    return run_with_cpu_fallback(run, model.device, f"registration ({model.spec.name})", model.cpu_fallback)
 
 
 def affine_from_ddf(ddf: torch.Tensor, grid: sitk.Image) -> sitk.AffineTransform:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Optional
 
 import torch
 
+from ...devices import fallback_allowed
 from ...errors import InputError
 from ...memory_format import channels_last
 from ...segmentation.checkpoints import read_checkpoint
@@ -81,7 +82,11 @@ REGISTRATION_MODELS: dict[str, RegistrationSpec] = {
 
 @dataclass
 class LoadedRegistration:
-    """A registration network ready for inference (eval mode, on ``device``) with its grid geometry."""
+    """A registration network ready for inference (eval mode, on ``device``) with its grid geometry.
+
+    ``cpu_fallback``: when CUDA runs out of memory, move to the CPU (with a warning) instead of failing;
+    :func:`load_registration_model` allows it for ``device="auto"`` (see :mod:`MRITRUSFusionLib.devices`).
+    """
 
     spec: RegistrationSpec
     network: torch.nn.Module
@@ -89,6 +94,7 @@ class LoadedRegistration:
     spacing_mm: float
     grid_size: tuple[int, int, int]
     path: Path
+    cpu_fallback: bool = False
 
 
 def registration_spec(name: str) -> RegistrationSpec:
@@ -125,7 +131,7 @@ def load_registration_model(name: str, weights: Optional[str | os.PathLike] = No
         raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
     spacing, grid_size = checkpoint_geometry(checkpoint, path, spec)
     network = channels_last(network_from_checkpoint(checkpoint, path, spec).to(target)).eval()
-    return LoadedRegistration(spec, network, target, spacing, grid_size, path)
+    return LoadedRegistration(spec, network, target, spacing, grid_size, path, fallback_allowed(device))
 
 
 def available_methods() -> list[str]:
