@@ -91,8 +91,8 @@ def replaced_twice(path: Path):
 
 # ------------------------------------------------------------------------------------------------ training
 def test_sigkilled_training_resumes_to_bit_identical_weights(tmp_path, one_thread):
-    iterations = 10
-    changes = dict(iterations=iterations, checkpoint_every=1, log_every=1, validate_every=4,
+    iterations = 6
+    changes = dict(iterations=iterations, checkpoint_every=1, log_every=1, validate_every=3,
                    validation={"seeds": [7]}, model={"arguments": {"channels": [4, 8], "strides": [2],
                                                                    "num_res_units": 0, "dropout": 0.2}},
                    augmentation={"affine": {"probability": 0.5}, "intensity": {"probability": 0.5},
