@@ -201,3 +201,13 @@ def test_auto_with_masks_and_no_learned_stage_is_the_gland_driven_affine(monkeyp
                                         phantom.mri_labels[0])
     points = centroids_mm(phantom.trus_labels[1:])
     assert np.allclose(transform_points(transform, points), transform_points(direct, points), atol=1e-6)
+
+
+def test_any_registration_checkpoint_loads_from_the_file_alone(tmp_path):
+    from MRITRUSFusionLib.registration.learned.models import LoadedRegistration
+    from MRITRUSFusionLib.training.state import load_for_inference
+
+    weights = train(config_from_dict(_config(tmp_path, iterations=1)), out=tmp_path / "model.pt")
+    loaded = load_for_inference(weights, device="cpu")
+    assert isinstance(loaded, LoadedRegistration)
+    assert loaded.spec.name == "localnet" and loaded.grid_size == GRID and loaded.spacing_mm == SPACING_MM

@@ -62,17 +62,26 @@ def training_checkpoint(model_checkpoint: dict, progress: RunProgress, optimiser
 def load_for_inference(path: str | os.PathLike, device: str = "auto"):
     """The model of any checkpoint (inference, ``last.pt`` or ``best.pt``), ready for inference.
 
-    Needs only the file: the architecture name, builder arguments, spacing, patch size and normalisation
-    are read from it.
+    Needs only the file: the architecture name, builder arguments, grid or patch geometry and normalisation
+    are read from it. Returns a segmentation ``LoadedModel``, a registration ``LoadedRegistration``, or for
+    Attention-Reg its ``(stage networks, checkpoint)``.
 
     Raises:
-        InputError: missing, corrupt or foreign file, or weights that do not build the named architecture.
+        InputError: missing, corrupt or foreign file, a model name this version does not know, or weights that
+            do not build the named architecture.
     """
-    from ..segmentation.models import load_model, model_spec
+    from ..registration.learned.attention_reg_infer import MODEL_NAME as ATTENTION_REG
+    from ..registration.learned.attention_reg_infer import load_attention_reg
+    from ..registration.learned.models import REGISTRATION_MODELS, load_registration_model
+    from ..segmentation.models import load_model, model_spec, resolve_device
 
-    name = read_checkpoint(path, expected="a MRITRUSFusionLib checkpoint")["model"]
-    model_spec(str(name))  # InputError for a name this version does not know
-    return load_model(str(name), path, device=device)
+    name = str(read_checkpoint(path, expected="a MRITRUSFusionLib checkpoint")["model"])
+    if name == ATTENTION_REG:
+        return load_attention_reg(path, resolve_device(device))
+    if name in REGISTRATION_MODELS:
+        return load_registration_model(name, path, device)
+    model_spec(name)  # InputError for a name this version does not know
+    return load_model(name, path, device=device)
 
 
 def inference_checkpoint(checkpoint: dict) -> dict:
