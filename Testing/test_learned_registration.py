@@ -211,3 +211,31 @@ def test_any_registration_checkpoint_loads_from_the_file_alone(tmp_path):
     loaded = load_for_inference(weights, device="cpu")
     assert isinstance(loaded, LoadedRegistration)
     assert loaded.spec.name == "localnet" and loaded.grid_size == GRID and loaded.spacing_mm == SPACING_MM
+
+
+def test_paired_augmentation_deforms_the_mri_and_the_trus_copy_alike():
+    """Seed 003 keys: with identical TRUS and MRI content, the MRI-side deformation ψ gives the same result
+    on the MRI and on the TRUS copy, and the undeformed MRI is kept."""
+    from MRITRUSFusionLib.training.config import AugmentationSection
+    from MRITRUSFusionLib.training.registration_data import RegistrationAugmentation
+
+    section = AugmentationSection.model_validate({"affine": {"probability": 1.0, "rotate_deg": 10, "translate_mm": 6},
+                                                  "elastic": {"probability": 1.0}})
+    image = torch.rand(1, 16, 16, 16)
+    sample = {"fixed_image": image.clone(), "moving_image": image.clone(),
+              "fixed_label": torch.zeros(2, 16, 16, 16), "moving_label": torch.zeros(2, 16, 16, 16)}
+    out = RegistrationAugmentation(section, 3.0, paired=True)(sample, seed=4)
+    assert not torch.allclose(out["moving_image"], image, atol=1e-3)  # ψ is not the identity
+    assert torch.allclose(out["fixed_modality_in_moving_space"], out["moving_image"], atol=1e-6)
+    assert torch.equal(out["moving_modality_in_fixed_space"], image)
+    assert torch.equal(out["fixed_image"], image)
+
+
+def test_intra_modal_term_trains_on_aligned_phantom_pairs_only(tmp_path):
+    terms = {"name": "terms", "terms": [{"name": "intra-modal", "weight": 1.0}, {"name": "mi", "weight": 0.5}]}
+    with pytest.raises(InputError, match="data.prealign"):
+        train(config_from_dict(_config(tmp_path, loss=terms)))
+    config = _config(tmp_path, loss=terms, iterations=2)
+    config["data"]["prealign"] = "ground-truth"
+    weights = train(config_from_dict(config), out=tmp_path / "paired.pt")
+    assert np.isfinite(torch.load(weights, weights_only=True)["final_loss"])

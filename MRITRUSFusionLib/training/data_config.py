@@ -77,11 +77,20 @@ class PhantomDataSection(Section):
     intensity_scale: tuple[float, float] = (0.9, 1.1)
     intensity_shift: float = Field(0.1, ge=0)
     noise_std: float = Field(0.05, ge=0)
+    #: Registration models only: ``ground-truth`` resamples each phantom MRI through its known transform, so
+    #: pairs are aligned before augmentation (what the seed-003 ``intra-modal`` loss term needs).
+    prealign: Literal["none", "ground-truth"] = "none"
     #: Phantom grids (voxels, mm per voxel, ITK i/j/k order); None keeps the phantom defaults.
     trus_size: Optional[tuple[int, int, int]] = None
     trus_spacing: Optional[tuple[float, float, float]] = None
     mri_size: Optional[tuple[int, int, int]] = None
     mri_spacing: Optional[tuple[float, float, float]] = None
+    #: Models putting the MRI on the TRUS grid (``concat``, ``reg-enhanced``): the MRI is resampled through the
+    #: true transform composed with a random rigid error about the grid centre, drawn per sample: a translation
+    #: of length uniform in [0, ``mri_misalignment_mm``] in a random direction and rotations uniform in
+    #: ±``mri_misalignment_deg`` about each axis (0, 0: the true transform, a perfect registration).
+    mri_misalignment_mm: float = Field(0.0, ge=0)
+    mri_misalignment_deg: float = Field(0.0, ge=0)
 
     @field_validator("n_tumours", "tumour_echogenicity", "tumour_radius_mm", "gland_scale", "intensity_scale",
                      mode="before")

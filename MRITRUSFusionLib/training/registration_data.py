@@ -22,6 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from ..io import Case, read_label_channels, read_volume
+from ..losses.intra_modal import FIXED_MODALITY_IN_MOVING_SPACE, MOVING_MODALITY_IN_FIXED_SPACE
 from ..phantom import generate_phantom
 from ..registration.classical import register_classical
 from ..registration.learned.grid import normalised_on_grid, registration_grid
@@ -33,6 +34,7 @@ from .phantom_data import phantom_overrides
 
 IMAGE_KEYS = ("fixed_image", "moving_image")
 LABEL_KEYS = ("fixed_label", "moving_label")
+BATCH_KEYS = (*IMAGE_KEYS, *LABEL_KEYS, MOVING_MODALITY_IN_FIXED_SPACE, FIXED_MODALITY_IN_MOVING_SPACE)
 
 
 @dataclass
@@ -60,17 +62,17 @@ def labels_on_grid(channels: Sequence[sitk.Image], grid: sitk.Image,
 
 def make_registration_case(name: str, fixed: sitk.Image, moving: sitk.Image, fixed_labels: Sequence[sitk.Image],
                            moving_labels: Sequence[sitk.Image], size: Sequence[int], spacing_mm: float,
-                           prealign: str = "none") -> RegistrationCase:
+                           prealign: str = "none", truth: Optional[sitk.Transform] = None) -> RegistrationCase:
     """A :class:`RegistrationCase` on the grid of ``size`` voxels (i, j, k) at ``spacing_mm`` around ``fixed``,
     the MRI side through the classical gland-driven affine of the glands (channel 0) when ``prealign`` is
-    ``gland-affine``.
+    ``gland-affine``, or through the known ``truth`` (TRUS point → MRI point) for ``ground-truth``.
 
     Only channels present in both label lists are kept (fixed channel ``c`` corresponds to moving channel ``c``).
     """
     grid = registration_grid(fixed, size, spacing_mm)
     count = min(len(fixed_labels), len(moving_labels))
     initial = (register_classical(fixed, moving, "affine", fixed_labels[0], moving_labels[0])
-               if prealign == "gland-affine" else None)
+               if prealign == "gland-affine" else truth if prealign == "ground-truth" else None)
     return RegistrationCase(name, normalised_on_grid(fixed, grid)[None], normalised_on_grid(moving, grid, initial)[None],
                             labels_on_grid(fixed_labels[:count], grid),
                             labels_on_grid(moving_labels[:count], grid, initial), float(spacing_mm))
@@ -90,7 +92,7 @@ def phantom_registration_case(seed: int, config: TrainingConfig, default_anatomy
     overrides = {"seed": int(seed)} if default_anatomy else phantom_overrides(seed, config.data)
     case = generate_phantom(**overrides)
     return make_registration_case(f"phantom{seed}", case.trus, case.mri, case.trus_labels, case.mri_labels,
-                                  config.patch_size, config.spacing_mm)
+                                  config.patch_size, config.spacing_mm, config.data.prealign, case.transform)
 
 
 def pad_labels(cases: list[RegistrationCase]) -> list[RegistrationCase]:
@@ -131,15 +133,25 @@ def split_augmentation(section: AugmentationSection) -> tuple[AugmentationSectio
 
 
 class RegistrationAugmentation:
-    """``(sample, seed) -> sample``: joint flips/intensity on both images, affine/elastic on the MRI side."""
+    """``(sample, seed) -> sample``: joint flips/intensity on both images, affine/elastic on the MRI side.
 
-    def __init__(self, section: AugmentationSection, spacing_mm: float):
+    With ``paired`` (aligned pairs, for the seed-003 intra-modal loss), the sample also keeps the MRI before
+    the MRI-side deformation ψ as ``moving_modality_in_fixed_space`` and gets ``fixed_modality_in_moving_space``:
+    the TRUS deformed by the same ψ, i.e. the TRUS seen in the deformed MRI's space.
+    """
+
+    def __init__(self, section: AugmentationSection, spacing_mm: float, paired: bool = False):
         joint, moving = split_augmentation(section)
+        self.paired = paired
         self.joint = build_augmentation(joint, spacing_mm, IMAGE_KEYS, LABEL_KEYS)
-        self.moving = build_augmentation(moving, spacing_mm, ("moving_image",), ("moving_label",))
+        moving_images = ("moving_image", FIXED_MODALITY_IN_MOVING_SPACE) if paired else ("moving_image",)
+        self.moving = build_augmentation(moving, spacing_mm, moving_images, ("moving_label",))
 
     def __call__(self, sample: dict, seed: int) -> dict:
         sample = augment(self.joint, sample, seed, LABEL_KEYS)
+        if self.paired:
+            sample[MOVING_MODALITY_IN_FIXED_SPACE] = sample["moving_image"].clone()
+            sample[FIXED_MODALITY_IN_MOVING_SPACE] = sample["fixed_image"].clone()
         return augment(self.moving, sample, seed + 1, LABEL_KEYS)
 
 
@@ -163,7 +175,7 @@ class RegistrationBatches:
         sample = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in case.arrays().items()}
         if self.augmentation is not None:
             sample = self.augmentation(sample, seed)
-        return {key: torch.as_tensor(value).float() for key, value in sample.items() if key in (*IMAGE_KEYS, *LABEL_KEYS)}
+        return {key: torch.as_tensor(value).float() for key, value in sample.items() if key in BATCH_KEYS}
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next step's samples of this process."""

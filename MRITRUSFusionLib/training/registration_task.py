@@ -74,6 +74,12 @@ class RegistrationTask:
             raise InputError(f"config key 'validation.metric': registration model '{self.spec.name}' is scored by "
                              f"'dice', 'tre' or 'loss' ('sre' is for attention-reg)")
         self.loss_function(config.loss)  # InputError naming a bad term before any work
+        #: The seed-003 intra-modal term compares each modality with itself: it needs aligned pairs.
+        self.paired = any(term.name == "intra-modal" for term in config.loss.terms)
+        if self.paired and getattr(config.data, "prealign", None) != "ground-truth":
+            raise InputError("config key 'data.prealign': the 'intra-modal' loss term needs aligned pairs "
+                             "(phantoms with prealign: ground-truth); its MRI-side deformation comes from "
+                             "augmentation.affine / augmentation.elastic")
 
     @property
     def spatial_size(self) -> list[int]:
@@ -92,8 +98,8 @@ class RegistrationTask:
     def build_source(self, config, rank: int, world_size: int) -> DataSource:
         """Registration pairs of ``config.data`` on the model grid, and the validation pairs."""
         training, validation = registration_cases(config)
-        augmentation = (RegistrationAugmentation(config.augmentation, config.spacing_mm)
-                        if config.augmentation.enabled else None)
+        augmentation = (RegistrationAugmentation(config.augmentation, config.spacing_mm, self.paired)
+                        if config.augmentation.enabled or self.paired else None)
         batches = RegistrationBatches(training, config.batch_size, config.seed, rank, world_size, augmentation)
         return DataSource(batches, validation, f"{len(training)} registration pairs "
                                                f"({len(validation)} for validation)")
