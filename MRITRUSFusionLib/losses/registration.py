@@ -104,23 +104,27 @@ class WeightedTerms(nn.Module):
         return {"total": total, **values}
 
 
-def build_registration_loss(terms: Sequence[Mapping[str, Any]]) -> WeightedTerms:
+def build_registration_loss(terms: Sequence[Mapping[str, Any]],
+                            table: Mapping[str, Callable[..., nn.Module]] = REGISTRATION_TERMS) -> WeightedTerms:
     """The weighted sum of ``terms`` (``{"name", "weight", "arguments"}`` each, as in a training config).
+
+    ``table`` maps term names to factories: :data:`REGISTRATION_TERMS` by default; joint registration and
+    segmentation models add their segmentation terms (:mod:`MRITRUSFusionLib.training.fusion_tasks`).
 
     Raises:
         InputError: no term, an unknown term name, or arguments the term does not take (naming the key).
     """
     if not terms:
-        raise InputError(f"config key 'loss.terms': a registration model needs at least one term; "
-                         f"available: {', '.join(REGISTRATION_TERMS)}")
+        raise InputError(f"config key 'loss.terms': a model trained with terms needs at least one; "
+                         f"available: {', '.join(table)}")
     built = []
     for index, term in enumerate(terms):
         name = term["name"]
-        if name not in REGISTRATION_TERMS:
+        if name not in table:
             raise InputError(f"config key 'loss.terms[{index}].name': unknown term '{name}'; available: "
-                             f"{', '.join(REGISTRATION_TERMS)}")
+                             f"{', '.join(table)}")
         try:
-            module = REGISTRATION_TERMS[name](**dict(term.get("arguments") or {}))
+            module = table[name](**dict(term.get("arguments") or {}))
         except (TypeError, ValueError) as error:
             raise InputError(f"config key 'loss.terms[{index}].arguments': {error}") from None
         built.append((name, float(term.get("weight", 1.0)), module))

@@ -48,10 +48,11 @@ def needs_transform(spec: ModelSpec) -> bool:
 
 def check_inputs(spec: ModelSpec, given: Sequence[str], has_transform: bool, strict: bool = True) -> None:
     """:class:`InputError` naming the option (``--trus``, ``--mri``, ``--adc``, ``--transform``) when the
-    inputs ``given`` (role names) lack one model ``spec`` takes, or (``strict``) include one it does not use."""
-    takes = " + ".join(f"--{role}" for role in spec.inputs)
+    inputs ``given`` (role names) lack one model ``spec`` needs (its optional roles may be missing), or
+    (``strict``) include one it does not use."""
+    takes = " + ".join(f"[--{role}]" if role in spec.optional_inputs else f"--{role}" for role in spec.inputs)
     for role in spec.inputs:
-        if role not in given:
+        if role not in given and role not in spec.optional_inputs:
             raise InputError(f"--{role}: model '{spec.name}' needs it (it takes {takes})")
     if needs_transform(spec) and not has_transform:
         raise InputError(f"--transform: model '{spec.name}' resamples the MRI onto the TRUS; give the "
@@ -80,13 +81,14 @@ def input_volume(images: Mapping[str, sitk.Image], model: LoadedModel,
     """The network input (C, D, H, W float32, normalised) and the model-spacing grid it lies on.
 
     Args:
-        images: role -> image, at least every role of ``model.spec.inputs``.
+        images: role -> image, every role of ``model.spec.inputs`` (optional ones may be missing: the channels
+            are the roles given, in the spec's order).
         model: the loaded model (its spacing and normalisation are used).
         transform: TRUS point -> MRI point; used for MRI-space roles when the reference is the TRUS.
     """
     spec = model.spec
     check_inputs(spec, list(images), transform is not None, strict=False)
-    checked = {role: _check_image(images[role], role) for role in spec.inputs}
+    checked = {role: _check_image(images[role], role) for role in spec.inputs if role in images}
     grid = model_grid(checked[spec.inputs[0]], model.spacing_mm)
     channels = []
     for role, image in checked.items():
@@ -169,7 +171,8 @@ def target_probability(images: Mapping[str, sitk.Image], model: LoadedModel,
     """Probability (float32, 0..1) of the model's target (tumour or gland) on the grid of the reference input.
 
     Args:
-        images: role -> image (``trus``, ``mri``, ``adc``), exactly the roles of ``model.spec.inputs``.
+        images: role -> image (``trus``, ``mri``, ``adc``), the roles of ``model.spec.inputs`` (optional ones
+            may be left out).
         model: a loaded model (:func:`.models.load_model`).
         transform: TRUS point -> MRI point, for models that bring MRI-space inputs onto the TRUS.
         tta: average over the flips the model was trained with (:func:`probability_array`).

@@ -18,6 +18,9 @@ from ..devices import fallback_allowed
 from ..errors import InputError
 from .checkpoints import read_checkpoint
 from .networks import build_trus_unet
+from .networks.csad import CSADNet
+from .networks.reg_enhanced import RegEnhancedUNet
+from .networks.stacked import StackedInputs
 
 #: Environment variable naming a directory of model weight files.
 ENV_MODELS = "MRITRUS_FUSION_MODELS"
@@ -46,6 +49,10 @@ class ModelSpec:
             resampled onto a TRUS reference through the registration transform, other roles through
             physical space (identity).
         target: what the target channel segments, ``tumour`` or ``gland`` (segment names, lesion lists).
+        optional_inputs: trailing roles of ``inputs`` the user may leave out (the network then gets fewer
+            channels, e.g. CSAD without ADC).
+        adapter: wraps the loaded network for inference when it does not map one channel-stacked tensor to
+            logits (networks taking one tensor per input and returning a dict: :class:`StackedInputs`).
     """
 
     name: str
@@ -59,6 +66,8 @@ class ModelSpec:
     tumour_channel: int = 1
     inputs: tuple[str, ...] = ("trus",)
     target: str = "tumour"
+    optional_inputs: tuple[str, ...] = ()
+    adapter: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None
 
     @property
     def expected(self) -> str:
@@ -82,6 +91,25 @@ MODELS: dict[str, ModelSpec] = {
         arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
         spacing_mm=1.5, patch_size=(64, 64, 64), normalisation="zscore",
         weights_file="gland-mri.pt", inputs=("mri",), target="gland"),
+    "concat": ModelSpec(
+        name="concat", description="MONAI UNet 3D, TRUS + MRI resampled onto it (2 channels) → background/tumour",
+        builder=build_trus_unet,
+        arguments={"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1, "in_channels": 2},
+        spacing_mm=1.6, patch_size=(48, 48, 48), normalisation="zscore-foreground", weights_file="concat.pt",
+        inputs=("trus", "mri")),
+    "reg-enhanced": ModelSpec(
+        name="reg-enhanced", description="seed 000 RegEnhancedUNet: ViT affine branch + MONAI UNet 3D, TRUS + MRI "
+                                         "→ background/tumour", builder=RegEnhancedUNet,
+        arguments={"spatial_size": [48, 48, 48], "channels": [8, 16, 32, 64], "strides": [2, 2, 2],
+                   "num_res_units": 1, "registration_args": {"hidden_size": 48, "num_layers": 2, "num_heads": 4,
+                                                             "mlp_dim": 96}},
+        spacing_mm=1.6, patch_size=(48, 48, 48), normalisation="zscore-foreground",
+        weights_file="reg-enhanced.pt", inputs=("trus", "mri"), adapter=StackedInputs),
+    "csad": ModelSpec(
+        name="csad", description="seed 004 CSADNet 3D, two streams T2W [+ ADC] → background/tumour",
+        builder=CSADNet, arguments={"spatial_dims": 3, "channels": [8, 16, 32, 64], "adc_dropout": 0.3},
+        spacing_mm=1.6, patch_size=(32, 32, 32), normalisation="zscore", weights_file="csad.pt",
+        inputs=("mri", "adc"), optional_inputs=("adc",), adapter=StackedInputs),
 }
 
 
@@ -204,7 +232,8 @@ def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = N
     if checkpoint["model"] != spec.name:
         raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
     spacing, patch = checkpoint_geometry(checkpoint, path, spec)
-    network = network_from_checkpoint(checkpoint, path, spec).to(target).eval()
+    network = network_from_checkpoint(checkpoint, path, spec)
+    network = (spec.adapter(network) if spec.adapter else network).to(target).eval()
     metadata = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     return LoadedModel(spec=spec, network=network, device=target, spacing_mm=spacing, patch_size=patch,
                        normalisation=str(checkpoint["normalisation"]), path=path, metadata=metadata,

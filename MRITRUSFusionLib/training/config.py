@@ -73,12 +73,18 @@ class LossTerm(Section):
 
 class LossSection(Section):
     """Segmentation models: Dice + cross-entropy (``monai.losses.DiceCELoss`` on softmax outputs) with their
-    weights. Registration models: the weighted sum of ``terms`` (``name: terms``). Rigid-parameter regression
-    (``attention-reg``): mean squared error on the 6 parameters, mm and degrees (``name: mse``)."""
+    weights, or seed 000's class-pooled Dice + softmax focal loss (``name: dice_focal``,
+    :class:`MRITRUSFusionLib.losses.dice_focal.PooledDiceFocalLoss`). Registration models, and the tumour
+    models with dict outputs (``reg-enhanced``, ``csad``): the weighted sum of ``terms`` (``name: terms``).
+    Rigid-parameter regression (``attention-reg``): mean squared error on the 6 parameters, mm and degrees
+    (``name: mse``)."""
 
-    name: Literal["dice_ce", "terms", "mse"] = "dice_ce"
+    name: Literal["dice_ce", "dice_focal", "terms", "mse"] = "dice_ce"
     lambda_dice: float = Field(1.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0)
+    #: ``dice_focal``: factor ``α`` and focusing exponent ``γ`` of the focal term.
+    lambda_focal: float = Field(1.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
     terms: list[LossTerm] = Field(default_factory=list)
 
 

@@ -16,6 +16,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
 from ..errors import InputError
+from ..losses.dice_focal import PooledDiceFocalLoss
 from ..memory_format import as_channels_last, batch_to
 from ..segmentation.checkpoints import make_checkpoint
 from ..segmentation.models import MODELS as SEGMENTATION_MODELS
@@ -24,6 +25,9 @@ from ..segmentation.models import ModelSpec, model_spec
 from .attention_reg_task import AttentionRegTask
 from .registration_task import RegistrationTask
 from .sources import DataSource, build_source
+
+#: ``loss.name`` values of segmentation models (logits and a label map).
+SEGMENTATION_LOSSES = ("dice_ce", "dice_focal")
 
 #: Extra model name -> task factory ``(config) -> task`` (registration models add themselves here).
 _TASKS: dict[str, Callable] = {}
@@ -55,10 +59,11 @@ class SegmentationTask:
     def __init__(self, config):
         self.config = config
         self.spec: ModelSpec = model_spec(config.model.name)
-        if config.validation.metric in ("tre", "sre") or config.loss.name != "dice_ce" or config.loss.terms:
-            raise InputError(f"config: segmentation model '{self.spec.name}' takes loss 'dice_ce' and validation "
-                             f"metric 'dice' or 'loss' (loss 'terms'/'mse' and metrics 'tre'/'sre' are for "
-                             f"registration models)")
+        if (config.validation.metric in ("tre", "sre") or config.loss.name not in SEGMENTATION_LOSSES
+                or config.loss.terms):
+            raise InputError(f"config: segmentation model '{self.spec.name}' takes loss 'dice_ce' or 'dice_focal' "
+                             f"and validation metric 'dice' or 'loss' (loss 'terms'/'mse' and metrics 'tre'/'sre' "
+                             f"are for registration models)")
 
     @property
     def normalisation(self) -> str:
@@ -79,7 +84,9 @@ class SegmentationTask:
         return build_source(config, self.normalisation, rank, world_size)
 
     def loss_function(self, loss) -> Callable:
-        """The loss of a :class:`.config.LossSection`."""
+        """The loss of a :class:`.config.LossSection` (``dice_ce`` or ``dice_focal``) on logits and labels."""
+        if loss.name == "dice_focal":
+            return PooledDiceFocalLoss(gamma=loss.focal_gamma, alpha=loss.lambda_focal, dice_weight=loss.lambda_dice)
         return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=loss.lambda_dice, lambda_ce=loss.lambda_ce)
 
     def loss(self, model: torch.nn.Module, batch: dict, loss_function: Callable, device: torch.device) -> torch.Tensor:
@@ -116,6 +123,17 @@ class SegmentationTask:
 
 
 register_task("attention-reg", AttentionRegTask)
+
+
+def _fusion_task(config):
+    """The task of a tumour model using the MRI (:mod:`.fusion_tasks`, imported here: it builds on
+    :class:`SegmentationTask`)."""
+    from .fusion_tasks import fusion_task
+    return fusion_task(config)
+
+
+for _name in ("concat", "reg-enhanced", "csad"):
+    register_task(_name, _fusion_task)
 
 Task = Union[SegmentationTask, RegistrationTask, AttentionRegTask]
 
