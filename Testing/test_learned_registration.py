@@ -179,10 +179,11 @@ def test_cli_registers_with_a_trained_checkpoint(tmp_path, phantom):
 
 
 @pytest.mark.parametrize("learned, glands, masks, expected", [
-    (["ecmca-lstm", "localnet"], True, False, ["gland-affine", "ecmca-lstm"]),
-    (["ecmca-lstm"], False, True, ["gland-affine", "ecmca-lstm"]),     # the user's masks replace the gland models
+    (["ecmca-lstm", "globalnet"], True, False, ["gland-affine", "ecmca-lstm"]),
+    (["ecmca-lstm", "globalnet"], False, True, ["gland-affine", "ecmca-lstm"]),  # the user's masks suffice
+    (["ecmca-lstm", "globalnet"], False, False, ["globalnet", "ecmca-lstm"]),    # no glands: learned affine
     (["ecmca-lstm"], False, False, ["ecmca-lstm"]),
-    ([], False, False, ["bspline"]),                                      # nothing learned here: classical
+    ([], False, False, ["bspline"]),                                              # nothing learned: classical
 ])
 def test_auto_runs_the_chain_stages_that_have_weights(monkeypatch, learned, glands, masks, expected):
     from MRITRUSFusionLib.registration import methods

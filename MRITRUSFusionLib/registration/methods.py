@@ -3,10 +3,11 @@
 * ``rigid``, ``affine``, ``bspline``: classical (SimpleITK), gland-driven with both masks, image-only without;
 * ``attention-reg``: learned rigid (seed 002);
 * learned models of :mod:`.learned.models` (``vit-affine``, ``ecmca-lstm``, ``localnet``, ``globalnet``);
-* ``auto``: the chain :data:`AUTO_CHAIN`, each stage starting from the previous one: ``gland-affine`` is
-  the classical gland-driven affine on the given masks or, without masks, on glands predicted by the
-  ``gland-trus`` and ``gland-mri`` models; learned stages follow. Stages without weights are skipped; with
-  nothing runnable, the classical image-only B-spline.
+* ``auto``: the chain :data:`AUTO_CHAIN`, each stage starting from the previous one. A stage is the first
+  runnable of its alternatives: ``gland-affine`` is the classical gland-driven affine on the given masks or,
+  without masks, on glands predicted by the ``gland-trus`` and ``gland-mri`` models; learned names need their
+  weights. Stages with no runnable alternative are skipped; with nothing runnable, the classical image-only
+  B-spline.
 
 Every method returns one transform mapping a TRUS point to an MRI point (LPS mm); learned chains return
 one flat ``CompositeTransform`` (write it as ``.h5``).
@@ -25,8 +26,9 @@ from .classical import register_classical
 from .learned.models import REGISTRATION_MODELS, available_methods
 
 ATTENTION_REG = "attention-reg"
-#: The stages of ``auto``, in order: pre-alignment (classical, on the glands), learned refinement(s).
-AUTO_CHAIN = ("gland-affine", "ecmca-lstm")
+#: The stages of ``auto``, in order, each as alternatives in order of preference: pre-alignment (classical
+#: on the glands, else learned affine), then the learned deformable refinement.
+AUTO_CHAIN = (("gland-affine", "globalnet"), ("ecmca-lstm",))
 #: Segmentation models giving the glands of ``gland-affine`` when the user has no masks.
 GLAND_MODELS = {"fixed": "gland-trus", "moving": "gland-mri"}
 
@@ -43,11 +45,15 @@ def _gland_models_present() -> bool:
 
 
 def auto_stages(masks_given: bool) -> list[str]:
-    """The stages ``auto`` runs here: :data:`AUTO_CHAIN` without the stages lacking weights, else ``bspline``."""
+    """The stages ``auto`` runs here: the first runnable alternative of each :data:`AUTO_CHAIN` stage, else
+    ``["bspline"]``."""
     learned = set(available_methods())
-    stages = [stage for stage in AUTO_CHAIN
-              if stage in learned or (stage == "gland-affine" and (masks_given or _gland_models_present()))]
-    return stages or ["bspline"]
+
+    def runnable(name: str) -> bool:
+        return name in learned or (name == "gland-affine" and (masks_given or _gland_models_present()))
+
+    stages = [next((name for name in alternatives if runnable(name)), None) for alternatives in AUTO_CHAIN]
+    return [stage for stage in stages if stage is not None] or ["bspline"]
 
 
 def predicted_glands(fixed: sitk.Image, moving: sitk.Image, device: str = "auto") -> tuple[sitk.Image, sitk.Image]:
