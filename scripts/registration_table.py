@@ -4,8 +4,8 @@ evaluation suite scores them. Prints the README's Markdown table and writes ``OU
 
     python scripts/registration_table.py ../shared/data/mrus-example --cases obs080..obs107 --out held-out
 
-Rows: identity; classical rigid/affine/bspline image-only; classical bspline gland-driven with the true masks
-(an upper reference: it reads the labels); each learned method with weights; ``auto``. ``--rows`` picks some.
+Rows: identity; classical rigid/affine/bspline, image-only and gland-driven with the true masks (an upper
+reference: it reads the labels); each learned method with weights; ``auto``. ``--rows`` picks some.
 Columns: gland Dice (median over cases), HD95 (mm, median), landmark TRE (mm, median and mean over all
 landmarks), RDSC/RTRE (μ-RegPro robust means over the best 68 % of cases), folding fraction (mean over cases,
 deformable transforms only) and registration time per case (s, mean).
@@ -27,8 +27,8 @@ from MRITRUSFusionLib.registration.learned.models import available_methods
 from MRITRUSFusionLib.registration.methods import register
 from MRITRUSFusionLib.training.case_names import select
 
-CLASSICAL_ROWS = {"rigid (image-only)": ("rigid", False), "affine (image-only)": ("affine", False),
-                  "bspline (image-only)": ("bspline", False), "bspline (gland-driven, true masks)": ("bspline", True)}
+CLASSICAL_ROWS = {f"{method} ({mode})": (method, mode.startswith("gland"))
+                  for mode in ("image-only", "gland-driven, true masks") for method in ("rigid", "affine", "bspline")}
 
 
 def default_rows() -> dict[str, tuple[str, bool]]:
