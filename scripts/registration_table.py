@@ -28,7 +28,7 @@ from MRITRUSFusionLib.registration.methods import register
 from MRITRUSFusionLib.training.case_names import select
 
 CLASSICAL_ROWS = {f"{method} ({mode})": (method, mode.startswith("gland"))
-                  for mode in ("image-only", "gland-driven, true masks") for method in ("rigid", "affine", "bspline")}
+                  for mode in ("image-only", "gland-driven with true masks") for method in ("rigid", "affine", "bspline")}
 
 
 def default_rows() -> dict[str, tuple[str, bool]]:
