@@ -68,8 +68,7 @@ from MRITRUSFusionLib.slicer_bridge import dependencies  # noqa: E402
 from MRITRUSFusionLib.slicer_bridge.exchange import TempExchange  # noqa: E402
 
 #: ``--method`` names of ``mritrus-fusion register`` (ARCHITECTURE.md).
-REGISTRATION_METHODS = ["auto", "rigid", "affine", "bspline", "attention-reg", "vit-affine", "ecmca-lstm", "localnet",
-                        "globalnet"]
+REGISTRATION_METHODS = ["auto", "rigid", "affine", "bspline", "attention-reg", "vit-affine", "ecmca-lstm"]
 #: ``--model`` names of ``mritrus-fusion segment`` and the images each model reads.
 MODEL_INPUTS = {
     "trus-unet": ("trus",),
