@@ -409,12 +409,13 @@ def _other_parsers(sub) -> None:
 
     p = _command(sub, "segment", cmd_segment,
                  "segment the tumour or the gland; the model decides which images it needs")
-    p.add_argument("--trus", help="TRUS volume (trus-unet, gland-trus, and models fusing TRUS with MRI)")
-    p.add_argument("--mri", help="T2W MRI volume (gland-mri; with --transform for models on the TRUS grid)")
-    p.add_argument("--adc", help="ADC map in MRI space")
+    p.add_argument("--trus", help="TRUS volume (trus-unet, gland-trus, concat, reg-enhanced)")
+    p.add_argument("--mri", help="T2W MRI volume (gland-mri, csad; with --transform for concat, reg-enhanced)")
+    p.add_argument("--adc", help="ADC map in MRI space (csad, optional)")
     p.add_argument("--transform", help="registration, TRUS point -> MRI point (models putting the MRI on the TRUS)")
     p.add_argument("--model", default="trus-unet",
-                   help="trus-unet, gland-trus, gland-mri, ... (output grid: the first input the model takes)")
+                   help="trus-unet, concat, reg-enhanced (TRUS tumour), csad (MRI lesion), gland-trus, gland-mri "
+                        "(output grid: the first input the model takes)")
     p.add_argument("--weights", help="checkpoint (default: the bundled weights)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0..1)")
     p.add_argument("--min-volume", type=float, default=50.0, metavar="MM3",

@@ -14,15 +14,15 @@ import torch
 
 from MRITRUSFusionLib.cli import main
 from MRITRUSFusionLib.errors import InputError
-from MRITRUSFusionLib.io import read_transform, write_transform
-from MRITRUSFusionLib.phantom import _rotation_matrix, generate_phantom, make_grid
+from MRITRUSFusionLib.io import read_transform, write_transform, write_volume
+from MRITRUSFusionLib.phantom import _rotation_matrix, generate_phantom, make_grid, write_phantom_case
 from MRITRUSFusionLib.segmentation.checkpoints import make_checkpoint, save_checkpoint
 from MRITRUSFusionLib.segmentation.inference import check_inputs, target_probability
 from MRITRUSFusionLib.segmentation.models import BUNDLED_MODELS_DIR, MODELS, load_model
 from MRITRUSFusionLib.segmentation.networks.stacked import StackedInputs
 from MRITRUSFusionLib.training import config_from_dict, load_config, train
 from MRITRUSFusionLib.training.config import LossSection
-from MRITRUSFusionLib.training.fusion_data import FusionSampler, misaligned, rigid_error
+from MRITRUSFusionLib.training.fusion_data import FusionSampler, misaligned, phantom_roles, rigid_error
 from MRITRUSFusionLib.training.phases import apply_phase, plan_phases
 from MRITRUSFusionLib.training.tasks import task_for
 
@@ -145,17 +145,16 @@ def test_csad_term_reads_the_tumour_logit_and_the_label():
 
 
 # ---------------------------------------------------------------------------------- configs, phases
-def test_reg_enhanced_config_pretrains_the_registration_branch_then_trains_everything():
+def test_reg_enhanced_config_pretrains_the_registration_branch_then_trains_the_unet_on_it():
     config = load_config(CONFIGS / "reg-enhanced.yaml")
     network, _ = task_for(config).build()
-    names = [name for name, _ in network.named_parameters()]
+    registration = {name for name, _ in network.named_parameters() if name.startswith("registration.")}
     first, second = plan_phases(config)
-    apply_phase(first, network)
-    trained = {name for name, parameter in network.named_parameters() if parameter.requires_grad}
-    assert trained == {name for name in names if name.startswith("registration.")} and trained
-    assert [term.name for term in first.loss.terms] == ["vit-affine"]
-    apply_phase(second, network)
-    assert all(parameter.requires_grad for parameter in network.parameters())
+    for phase, trained, loss in ((first, registration, ["vit-affine"]), (second, None, ["dice-ce"])):
+        apply_phase(phase, network)
+        names = {name for name, parameter in network.named_parameters() if parameter.requires_grad}
+        assert names == (trained or {name for name, _ in network.named_parameters()} - registration) and names
+        assert [term.name for term in (phase.loss or config.loss).terms] == loss
     assert config.iterations == first.iterations + second.iterations
 
 
@@ -230,6 +229,33 @@ def test_a_few_training_steps_give_a_model_segment_loads(tmp_path, name):
     model = load_model(name, path, device="cpu")
     assert model.spacing_mm == 4.8 and model.patch_size == (16, 16, 16)
     assert model.metadata["metrics"]["validation_mean"] >= 0.0
+
+
+#: Own data in the README's layout: DeepReg folders plus the MRI resampled onto each TRUS (``mri_in_trus/``, e.g.
+#: by ``mritrus-fusion warp``), an ADC on the MRI grid (``adc/``) and lesion ids on each image
+#: (``fixed_tumour_labels/``, ``moving_tumour_labels/``, as ``mritrus-fusion phantom`` writes them).
+OWN_DATA = {"concat": {"image": ["fixed_image", "mri_in_trus"], "label": "fixed_tumour_labels",
+                       "reference": "fixed_image", "crop_around": "fixed_label"},
+            "csad": {"image": ["moving_image", "adc"], "label": "moving_tumour_labels",
+                     "reference": "moving_image", "crop_around": "moving_label"}}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_DATA))
+def test_models_train_on_own_files_with_the_documented_roles(tmp_path, name):
+    for seed in (21, 22):
+        case = generate_phantom(seed=seed, trus_size=(32, 32, 32), trus_spacing=(2.4, 2.4, 2.4),
+                                mri_size=(32, 32, 24), mri_spacing=(2.5, 2.5, 3.5), n_tumours=2)
+        write_phantom_case(case, tmp_path / "data", f"case{seed}")
+        write_volume(sitk.Resample(case.mri, case.trus, case.transform),
+                     tmp_path / "data" / "mri_in_trus" / f"case{seed}.nii.gz")
+        write_volume(phantom_roles(case, ("adc",), seed)["adc"], tmp_path / "data" / "adc" / f"case{seed}.nii.gz")
+    values = _tiny_training(name, tmp_path, data={"source": "deepreg", "path": str(tmp_path / "data"),
+                                                  "cases": ["case21"], "validation_cases": ["case22"],
+                                                  **OWN_DATA[name]})
+    model = load_model(name, train(values), device="cpu")
+    assert model.metadata["metrics"]["validation_dice"].keys() == {"case22"}
+    with pytest.raises(InputError, match=rf"config key 'data.image': model '{name}' takes 2 images"):
+        train({**values, "data": {**values["data"], "image": OWN_DATA[name]["image"][:1]}})
 
 
 def test_reg_enhanced_phase_one_trains_only_the_registration_branch(tmp_path):

@@ -1,5 +1,6 @@
 """The seed 000 ablation on phantoms: TRUS-only U-Net vs naive MRI concatenation vs the registration-enhanced U-Net,
-on held-out phantoms whose tumours are faint on TRUS and clear on MRI. Prints a Markdown table for the README.
+on held-out phantoms whose tumours are faint on TRUS and clear on MRI (and seed 004's CSAD on their MRI). Prints
+Markdown tables for the README.
 
     python scripts/tumour_ablation.py --out runs/tumour-ablation                 # held-out seeds 1000-1029
 
@@ -11,7 +12,9 @@ training's error range (up to ``mri_misalignment_mm`` / ``_deg``), i.e. a regist
 
 Arms (the paper's Table 1 rows, and the registration each gets): ``trus-unet`` on the TRUS alone (weights of
 ``configs/trus-unet-faint.yaml``); ``concat`` with the true and with the misaligned transform; ``reg-enhanced``
-with the misaligned and with the true transform. Per case and arm, the command a user types (in-process):
+with the misaligned and with the true transform; on the MRI side, ``csad`` on the T2W with and without the
+phantom's synthetic ADC (``adc_images/``, as in training), scored against the MRI tumour labels. Per case and
+arm, the command a user types (in-process):
 
     mritrus-fusion segment --model concat --trus TRUS --mri MRI --transform T --out SEG --probabilities-out P
 
@@ -21,6 +24,8 @@ PI-CAI baseline's candidate extraction) and, per arm,
     mritrus-fusion evaluate detection --predictions DET --labels fixed_tumour_labels --glands fixed_labels
     mritrus-fusion evaluate segmentation --dataset DATA --predictions SEG --label-folder fixed_tumour_labels
 
+(``moving_tumour_labels`` and ``moving_labels`` for the MRI-side arms), whose Dice is per case (a tumour-free
+case scores 1 when nothing is predicted, 0 otherwise)
 (lesion level: seed 000's rules, a lesion hit by >= 1 % of its voxels, sextants as negatives; patient level:
 a patient with a lesion is a TP when one is hit; PI-CAI: case AUROC, lesion AP and their mean).
 """
@@ -32,6 +37,7 @@ import contextlib
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +47,39 @@ from MRITRUSFusionLib.cli import main
 from MRITRUSFusionLib.io import write_transform, write_volume
 from MRITRUSFusionLib.phantom import generate_phantom, write_phantom_case
 from MRITRUSFusionLib.training.config import load_config
-from MRITRUSFusionLib.training.fusion_data import misaligned, rigid_error
+from MRITRUSFusionLib.training.fusion_data import misaligned, phantom_roles, rigid_error
 from MRITRUSFusionLib.training.phantom_data import phantom_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "MRITRUSFusionLib" / "configs" / "reg-enhanced.yaml"
 MODELS_DIR = ROOT / "Resources" / "Models"
-#: arm name -> (model, weights file, transform folder or None for TRUS only)
+#: Folder of each input role in the written dataset.
+ROLE_FOLDERS = {"trus": "fixed_images", "mri": "moving_images", "adc": "adc_images"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A model, its weight file, its inputs (first = output grid) and the transform folder (MRI onto TRUS)."""
+
+    model: str
+    weights: str
+    inputs: tuple[str, ...]
+    transforms: str | None = None
+
+    @property
+    def side(self) -> str:
+        """``fixed`` (TRUS) or ``moving`` (MRI): the label folders the arm is scored against."""
+        return "fixed" if self.inputs[0] == "trus" else "moving"
+
+
 ARMS = {
-    "trus-unet": ("trus-unet", "trus-unet-faint.pt", None),
-    "concat, true transform": ("concat", "concat.pt", "transforms"),
-    "concat, misaligned": ("concat", "concat.pt", "misaligned_transforms"),
-    "reg-enhanced, misaligned": ("reg-enhanced", "reg-enhanced.pt", "misaligned_transforms"),
-    "reg-enhanced, true transform": ("reg-enhanced", "reg-enhanced.pt", "transforms"),
+    "trus-unet": Arm("trus-unet", "trus-unet-faint.pt", ("trus",)),
+    "concat, true transform": Arm("concat", "concat.pt", ("trus", "mri"), "transforms"),
+    "concat, misaligned": Arm("concat", "concat.pt", ("trus", "mri"), "misaligned_transforms"),
+    "reg-enhanced, misaligned": Arm("reg-enhanced", "reg-enhanced.pt", ("trus", "mri"), "misaligned_transforms"),
+    "reg-enhanced, true transform": Arm("reg-enhanced", "reg-enhanced.pt", ("trus", "mri"), "transforms"),
+    "csad, T2W + ADC": Arm("csad", "csad.pt", ("mri", "adc")),
+    "csad, T2W only": Arm("csad", "csad.pt", ("mri",)),
 }
 
 
@@ -66,7 +92,8 @@ def run(arguments: list[str]) -> None:
 
 
 def write_cases(seeds: range, data: Path) -> list[str]:
-    """The phantoms of ``seeds`` under ``data`` (DeepReg layout, true and misaligned transforms); case names."""
+    """The phantoms of ``seeds`` under ``data`` (DeepReg layout, true and misaligned transforms, synthetic ADC);
+    case names."""
     section = load_config(CONFIG).data
     names = []
     for seed in seeds:
@@ -77,6 +104,7 @@ def write_cases(seeds: range, data: Path) -> list[str]:
         error = rigid_error(np.random.default_rng([seed, 1]), centre, section.mri_misalignment_mm,
                             section.mri_misalignment_deg)
         write_transform(misaligned(phantom.transform, error), data / "misaligned_transforms" / f"{name}.h5")
+        write_volume(phantom_roles(phantom, ("adc",), seed)["adc"], data / ROLE_FOLDERS["adc"] / f"{name}.nii.gz")
         names.append(name)
     return names
 
@@ -94,33 +122,33 @@ def detection_map(probability: sitk.Image) -> sitk.Image:
 
 def segment_arm(arm: str, names: list[str], data: Path, out: Path, weights_dir: Path) -> None:
     """``segment`` of every case with the arm's model and transform; label maps, probabilities, detection maps."""
-    model, weights, transforms = ARMS[arm]
+    arm = ARMS[arm]
     for name in names:
-        inputs = ["--trus", str(data / "fixed_images" / f"{name}.nii.gz")]
-        if transforms:
-            inputs += ["--mri", str(data / "moving_images" / f"{name}.nii.gz"),
-                       "--transform", str(data / transforms / f"{name}.h5")]
+        inputs = [item for role in arm.inputs
+                  for item in (f"--{role}", str(data / ROLE_FOLDERS[role] / f"{name}.nii.gz"))]
+        if arm.transforms:
+            inputs += ["--transform", str(data / arm.transforms / f"{name}.h5")]
         probability = out / "probabilities" / f"{name}.nii.gz"
-        run(["segment", "--model", model, "--weights", str(weights_dir / weights), *inputs, "--device", "cpu",
+        run(["segment", "--model", arm.model, "--weights", str(weights_dir / arm.weights), *inputs, "--device", "cpu",
              "--out", str(out / "segmentations" / f"{name}.nii.gz"), "--probabilities-out", str(probability),
              "--overwrite"])
         write_volume(detection_map(sitk.ReadImage(str(probability))), out / "detections" / f"{name}.nii.gz")
 
 
-def evaluate_arm(data: Path, out: Path) -> dict:
-    """Detection and segmentation summaries of one arm's predictions."""
+def evaluate_arm(side: str, data: Path, out: Path) -> dict:
+    """Detection and segmentation summaries of one arm's predictions against the ``side`` labels."""
     run(["evaluate", "detection", "--predictions", str(out / "detections"), "--labels",
-         str(data / "fixed_tumour_labels"), "--glands", str(data / "fixed_labels"), "--out",
+         str(data / f"{side}_tumour_labels"), "--glands", str(data / f"{side}_labels"), "--out",
          str(out / "detection-evaluation"), "--overwrite"])
     run(["evaluate", "segmentation", "--dataset", str(data), "--predictions", str(out / "segmentations"),
-         "--label-folder", "fixed_tumour_labels", "--out", str(out / "segmentation-evaluation"), "--overwrite"])
+         "--label-folder", f"{side}_tumour_labels", "--out", str(out / "segmentation-evaluation"), "--overwrite"])
     detection = json.loads((out / "detection-evaluation" / "summary.json").read_text())
     segmentation = json.loads((out / "segmentation-evaluation" / "summary.json").read_text())
     return {"detection": detection, "dice": segmentation["structures"]["foreground"]["dice"]}
 
 
 def table(results: dict, n_cases: int, n_positive: int) -> str:
-    """The Markdown table of every arm."""
+    """The Markdown table of the arms in ``results``."""
     lines = [f"| arm ({n_cases} cases, {n_positive} with tumours) | Dice mean ± sd | lesion sens | sextant spec "
              f"| patient sens | patient spec | patient AUC | PI-CAI AUROC | PI-CAI AP | PI-CAI score |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -150,13 +178,16 @@ def run_ablation(args: argparse.Namespace) -> None:
     names = write_cases(range(args.first_seed, args.first_seed + args.cases), data)
     results = {}
     for arm in args.arms:
-        folder = out / arm.replace(", ", "-").replace(" ", "-")
+        folder = out / arm.replace(", ", "-").replace(" + ", "-").replace(" ", "-")
         segment_arm(arm, names, data, folder, Path(args.weights_dir))
-        results[arm] = evaluate_arm(data, folder)
+        results[arm] = evaluate_arm(ARMS[arm].side, data, folder)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     positive = sum(int(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "fixed_tumour_labels" / f"{n}.nii.gz")))
                        .any()) for n in names)
-    print(table(results, len(names), positive))
+    for side, title in (("fixed", "TRUS (seed 000 ablation)"), ("moving", "MRI (seed 004 CSAD)")):
+        chosen = {arm: result for arm, result in results.items() if ARMS[arm].side == side}
+        if chosen:
+            print(f"\n{title}\n\n{table(chosen, len(names), positive)}")
 
 
 if __name__ == "__main__":
