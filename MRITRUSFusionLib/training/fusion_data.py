@@ -32,6 +32,7 @@ import torch
 
 from ..errors import InputError
 from ..phantom import PhantomCase, generate_phantom
+from ..segmentation.inference import MRI_SPACE_ROLES
 from ..segmentation.preprocessing import model_grid, normalise
 from ..segmentation.synthetic_adc import synthetic_adc
 from .augmentation import augment, build_augmentation
@@ -40,8 +41,6 @@ from .data_config import PhantomDataSection
 from .phantom_data import _crop_start, crop, phantom_overrides
 from .sources import ValidationCase
 
-#: Input roles that live in MRI space (the others, ``trus``, in TRUS space).
-MRI_SPACE_ROLES = ("mri", "adc")
 #: Values of the label maps of a case: gland (outside tumours) and tumour.
 GLAND, TUMOUR = 1, 2
 #: Batch keys of the gland and tumour masks of both images (joint registration).
