@@ -277,7 +277,7 @@ def learned_contenders(device: str = "cpu") -> dict[str, Contender]:
     names = available_methods()
     if default_weights_path().is_file():
         names.insert(0, "attention-reg")
-    if any(name in names for name in AUTO_CHAIN):
+    if any(name in names for alternatives in AUTO_CHAIN for name in alternatives):
         names.append("auto")
     return {f"learned-{name}": functools.partial(learned, method=name, device=device) for name in names}
 
