@@ -84,12 +84,12 @@ MODELS: dict[str, ModelSpec] = {
     "gland-trus": ModelSpec(
         name="gland-trus", description="MONAI UNet 3D, TRUS → background/gland", builder=build_trus_unet,
         arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
-        spacing_mm=1.5, patch_size=(48, 64, 48), normalisation="zscore-foreground",
+        spacing_mm=1.5, patch_size=(40, 56, 40), normalisation="zscore-foreground",
         weights_file="gland-trus.pt", inputs=("trus",), target="gland"),
     "gland-mri": ModelSpec(
         name="gland-mri", description="MONAI UNet 3D, MRI → background/gland", builder=build_trus_unet,
         arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
-        spacing_mm=1.5, patch_size=(64, 64, 64), normalisation="zscore",
+        spacing_mm=1.5, patch_size=(48, 48, 48), normalisation="zscore",
         weights_file="gland-mri.pt", inputs=("mri",), target="gland"),
     "concat": ModelSpec(
         name="concat", description="MONAI UNet 3D, TRUS + MRI resampled onto it (2 channels) → background/tumour",
