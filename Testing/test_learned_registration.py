@@ -189,7 +189,7 @@ def test_auto_runs_the_chain_stages_that_have_weights(monkeypatch, learned, glan
     from MRITRUSFusionLib.registration import methods
 
     monkeypatch.setattr(methods, "available_methods", lambda: learned)
-    monkeypatch.setattr(methods, "_gland_models_present", lambda: glands)
+    monkeypatch.setattr(methods, "gland_models_present", lambda: glands)
     assert methods.auto_stages(masks) == expected
 
 

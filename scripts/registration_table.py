@@ -4,8 +4,10 @@ evaluation suite scores them. Prints the README's Markdown table and writes ``OU
 
     python scripts/registration_table.py ../shared/data/mrus-example --cases obs080..obs107 --out held-out
 
-Rows: identity; classical rigid/affine/bspline, image-only and gland-driven with the true masks (an upper
-reference: it reads the labels); each learned method with weights; ``auto``. ``--rows`` picks some.
+Rows: identity; classical rigid/affine/bspline image-only, gland-driven on the glands predicted by the bundled
+``gland-trus``/``gland-mri`` models (still image-only: no mask is read; the time includes the segmentation), and
+gland-driven with the true masks (an upper reference: it reads the labels); each learned method with weights;
+``auto``. ``--rows`` picks some.
 Columns: gland Dice (median over cases), HD95 (mm, median), landmark TRE (mm, median and mean over all
 landmarks), RDSC/RTRE (μ-RegPro robust means over the best 68 % of cases), folding fraction (mean over cases,
 deformable transforms only) and registration time per case (s, mean).
@@ -24,28 +26,52 @@ import SimpleITK as sitk
 from MRITRUSFusionLib.evaluation.registration import evaluate_registration_dataset
 from MRITRUSFusionLib.io import open_dataset, read_label_channels, read_volume, write_transform
 from MRITRUSFusionLib.registration.learned.models import available_methods
-from MRITRUSFusionLib.registration.methods import register
+from MRITRUSFusionLib.registration.methods import gland_models_present, predicted_glands, register
 from MRITRUSFusionLib.training.case_names import select
 
-CLASSICAL_ROWS = {f"{method} ({mode})": (method, mode.startswith("gland"))
-                  for mode in ("image-only", "gland-driven with true masks") for method in ("rigid", "affine", "bspline")}
+#: row-label suffix -> where the gland masks of a classical row come from
+MASK_SOURCES = {"image-only": "none", "gland-driven with predicted glands": "predicted",
+                "gland-driven with true masks": "true"}
+CLASSICAL_ROWS = {f"{method} ({mode})": (method, source)
+                  for mode, source in MASK_SOURCES.items() for method in ("rigid", "affine", "bspline")}
 
 
-def default_rows() -> dict[str, tuple[str, bool]]:
-    """Row label -> (method, gland-driven) for every method runnable here."""
-    learned = {name: (name, False) for name in ["attention-reg", *available_methods(), "auto"]}
-    return {"identity": ("identity", False), **CLASSICAL_ROWS, **learned}
+def default_rows() -> dict[str, tuple[str, str]]:
+    """Row label -> (method, mask source: none, predicted or true) for every method runnable here."""
+    learned = {name: (name, "none") for name in ["attention-reg", *available_methods(), "auto"]}
+    classical = {label: row for label, row in CLASSICAL_ROWS.items() if row[1] != "predicted" or gland_models_present()}
+    return {"identity": ("identity", "none"), **classical, **learned}
 
 
-def register_case(case, method: str, gland_driven: bool, folder: Path) -> float:
-    """Register one case, write its transform into ``folder``; returns the registration time (s)."""
+class GlandMasks:
+    """Per case, (TRUS, MRI) gland masks: none, the true labels, or predicted once by the gland models (with
+    the seconds the prediction took)."""
+
+    def __init__(self):
+        self.predictions: dict[str, tuple[sitk.Image, sitk.Image, float]] = {}
+
+    def __call__(self, case, source: str, fixed: sitk.Image, moving: sitk.Image) -> tuple:
+        """(fixed mask, moving mask, seconds spent obtaining them) for ``source``."""
+        if source == "true":
+            return read_label_channels(case.fixed_label)[0], read_label_channels(case.moving_label)[0], 0.0
+        if source == "predicted":
+            if case.name not in self.predictions:
+                start = time.perf_counter()
+                masks = predicted_glands(fixed, moving, device="cpu")
+                self.predictions[case.name] = (*masks, time.perf_counter() - start)
+            return self.predictions[case.name]
+        return None, None, 0.0
+
+
+def register_case(case, method: str, source: str, masks: GlandMasks, folder: Path) -> float:
+    """Register one case, write its transform into ``folder``; returns the time (s) of registration and of
+    the gland prediction it needed."""
     fixed, moving = read_volume(case.fixed_image), read_volume(case.moving_image)
-    masks = ((read_label_channels(case.fixed_label)[0], read_label_channels(case.moving_label)[0])
-             if gland_driven else (None, None))
+    fixed_mask, moving_mask, mask_seconds = masks(case, source, fixed, moving)
     start = time.perf_counter()
     transform = (sitk.Transform(3, sitk.sitkIdentity) if method == "identity"
-                 else register(fixed, moving, method, *masks, device="cpu"))
-    seconds = time.perf_counter() - start
+                 else register(fixed, moving, method, fixed_mask, moving_mask, device="cpu"))
+    seconds = time.perf_counter() - start + mask_seconds
     write_transform(transform, folder / f"{case.name}{'.tfm' if transform.IsLinear() else '.h5'}")
     return seconds
 
@@ -81,12 +107,12 @@ def main() -> None:
     labels = args.rows.split(",") if args.rows else list(rows_available)
     cases_by_name = {case.name: case for case in open_dataset(args.dataset)}
     names = select(list(cases_by_name), [args.cases.replace("..", "-")])
-    table = []
+    table, masks = [], GlandMasks()
     for label in labels:
-        method, gland_driven = rows_available[label]
+        method, source = rows_available[label]
         folder = Path(args.out) / label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         folder.mkdir(parents=True, exist_ok=True)
-        seconds = [register_case(cases_by_name[name], method, gland_driven, folder) for name in names]
+        seconds = [register_case(cases_by_name[name], method, source, masks, folder) for name in names]
         result = evaluate_registration_dataset(args.dataset, folder, case_names=names, montage_cases=0)
         table.append(row_summary(label, result.summary, seconds))
         print(markdown(table[-1:]).splitlines()[-1], flush=True)

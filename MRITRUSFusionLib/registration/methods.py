@@ -38,7 +38,8 @@ def method_names() -> list[str]:
     return ["auto", *CLASSICAL_METHODS, ATTENTION_REG, *sorted(REGISTRATION_MODELS)]
 
 
-def _gland_models_present() -> bool:
+def gland_models_present() -> bool:
+    """Whether the bundled gland-trus and gland-mri weights are installed (auto can predict glands)."""
     from ..segmentation.models import default_weights_path
 
     return all(default_weights_path(name).is_file() for name in GLAND_MODELS.values())
@@ -50,7 +51,7 @@ def auto_stages(masks_given: bool) -> list[str]:
     learned = set(available_methods())
 
     def runnable(name: str) -> bool:
-        return name in learned or (name == "gland-affine" and (masks_given or _gland_models_present()))
+        return name in learned or (name == "gland-affine" and (masks_given or gland_models_present()))
 
     stages = [next((name for name in alternatives if runnable(name)), None) for alternatives in AUTO_CHAIN]
     return [stage for stage in stages if stage is not None] or ["bspline"]
