@@ -620,7 +620,7 @@ class MRITRUSFusionLogic(ScriptedLoadableModuleLogic):
         _require(trusNode, "TRUS volume")
         _require(mriNode, "MRI volume")
         _requireChoice(method, REGISTRATION_METHODS, "registration method")
-        device = self.resolveDevice(device)
+        runsOn = self.resolveDevice(device)  # shown to the user; the CLI gets `device` (auto may fall back to CPU)
         files = TempExchange(keep_on_failure=debug).open()
         try:
             arguments = ["register", "--fixed", self._writeNode(trusNode, files.input_path("trus", "volume")),
@@ -643,7 +643,7 @@ class MRITRUSFusionLogic(ScriptedLoadableModuleLogic):
             warped = self._loadInto(slicer.util.loadVolume, warpedPath, warpedNode, f"{mriNode.GetName()} in TRUS")
             return transform, warped
 
-        return CLIJob(_("Registration"), device, arguments, files, load, progressCallback, debug).start()
+        return CLIJob(_("Registration"), runsOn, arguments, files, load, progressCallback, debug).start()
 
     def register(self, trusNode, mriNode, method: str = "auto", device: str = "auto",
                  progressCallback: Optional[Callable] = None, **options):
@@ -701,7 +701,7 @@ class MRITRUSFusionLogic(ScriptedLoadableModuleLogic):
             _require(mriNode, "MRI volume")
         if "trus" in needs and "mri" in needs:
             _require(transformNode, "transform (register first)")
-        device = self.resolveDevice(device)
+        runsOn = self.resolveDevice(device)  # shown to the user; the CLI gets `device` (auto may fall back to CPU)
         files = TempExchange(keep_on_failure=debug).open()
         try:
             arguments = ["segment"] + self._segmentationInputs(needs, files, trusNode, mriNode, adcNode, transformNode)
@@ -721,7 +721,7 @@ class MRITRUSFusionLogic(ScriptedLoadableModuleLogic):
                 self._rethreshold(node, probabilitiesPath, threshold)
             return node
 
-        return CLIJob(_("Segmentation"), device, arguments, files, load, progressCallback, debug).start()
+        return CLIJob(_("Segmentation"), runsOn, arguments, files, load, progressCallback, debug).start()
 
     def segment(self, trusNode=None, mriNode=None, transformNode=None, model: str = "trus-unet",
                 device: str = "auto", progressCallback: Optional[Callable] = None, **options):
