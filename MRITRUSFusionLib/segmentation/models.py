@@ -148,22 +148,39 @@ def model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def default_weights_path(name: str) -> Path:
-    """Where the weights of model ``name`` are found when the user gives none.
+def locate_weights(weights_file: str) -> Path:
+    """Where a bundled weights file ``weights_file`` is found when the user gives no path.
 
-    The file ``spec.weights_file`` in ``$MRITRUS_FUSION_MODELS`` if it exists there, else in the bundled
-    ``Resources/Models`` of a source checkout, else in ``<prefix>/share/mritrus-fusion/models`` of a regular
-    install. The returned path may not exist (then :func:`load_model` explains).
+    In ``$MRITRUS_FUSION_MODELS`` if it exists there, else in the bundled ``Resources/Models`` of a source
+    checkout, else in ``<prefix>/share/mritrus-fusion/models`` of a regular install. The returned path may not
+    exist (loading then explains).
     """
-    spec = model_spec(name)
     models_dir = os.environ.get(ENV_MODELS)
     if models_dir:
-        candidate = Path(models_dir).expanduser() / spec.weights_file
+        candidate = Path(models_dir).expanduser() / weights_file
         if candidate.is_file():
             return candidate
-    installed = INSTALLED_MODELS_DIR / spec.weights_file
-    bundled = BUNDLED_MODELS_DIR / spec.weights_file
+    installed = INSTALLED_MODELS_DIR / weights_file
+    bundled = BUNDLED_MODELS_DIR / weights_file
     return installed if installed.is_file() and not bundled.is_file() else bundled
+
+
+def default_weights_path(name: str) -> Path:
+    """Where the weights of model ``name`` are found when the user gives none (:func:`locate_weights`)."""
+    return locate_weights(model_spec(name).weights_file)
+
+
+def read_model_checkpoint(spec: Any, weights: Optional[str | os.PathLike], default: Path) -> tuple[Path, dict]:
+    """(path, checkpoint) of ``weights`` (``default`` when None), checked to be a checkpoint of ``spec.name``.
+
+    Raises:
+        InputError: missing, unreadable or foreign file, or a checkpoint of another model.
+    """
+    path = Path(weights).expanduser() if weights is not None else default
+    checkpoint = read_checkpoint(path, expected=spec.expected)
+    if checkpoint["model"] != spec.name:
+        raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
+    return path, checkpoint
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -227,10 +244,7 @@ def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = N
     """
     spec = model_spec(name)
     target = resolve_device(device)
-    path = Path(weights).expanduser() if weights is not None else default_weights_path(name)
-    checkpoint = read_checkpoint(path, expected=spec.expected)
-    if checkpoint["model"] != spec.name:
-        raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
+    path, checkpoint = read_model_checkpoint(spec, weights, default_weights_path(name))
     spacing, patch = checkpoint_geometry(checkpoint, path, spec)
     network = network_from_checkpoint(checkpoint, path, spec)
     network = (spec.adapter(network) if spec.adapter else network).to(target).eval()

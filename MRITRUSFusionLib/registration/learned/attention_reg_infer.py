@@ -22,7 +22,7 @@ import torch
 from ...devices import fallback_allowed, run_with_cpu_fallback
 from ...errors import InputError
 from ...segmentation.checkpoints import read_checkpoint
-from ...segmentation.models import BUNDLED_MODELS_DIR, ENV_MODELS, INSTALLED_MODELS_DIR, resolve_device
+from ...segmentation.models import locate_weights, resolve_device
 from .attention_reg import AttentionReg
 from .attention_reg_data import (apply_correction, image_centre_mm, normalise_patch, patch_grid,
                                  resample_to_grid)
@@ -37,17 +37,8 @@ DEFAULT_WEIGHTS_NAME = "attention-reg.pt"
 
 
 def default_weights_path() -> Path:
-    """The bundled weights ``attention-reg.pt``: in ``$MRITRUS_FUSION_MODELS`` if present there, else in
-    ``Resources/Models`` of a source checkout, else in ``<prefix>/share/mritrus-fusion/models`` (the same
-    places as the segmentation models' locator). The path may not exist (loading then explains)."""
-    models_dir = os.environ.get(ENV_MODELS)
-    if models_dir:
-        candidate = Path(models_dir).expanduser() / DEFAULT_WEIGHTS_NAME
-        if candidate.is_file():
-            return candidate
-    installed = INSTALLED_MODELS_DIR / DEFAULT_WEIGHTS_NAME
-    bundled = BUNDLED_MODELS_DIR / DEFAULT_WEIGHTS_NAME
-    return installed if installed.is_file() and not bundled.is_file() else bundled
+    """The bundled weights ``attention-reg.pt``, found like the other models' (:func:`locate_weights`)."""
+    return locate_weights(DEFAULT_WEIGHTS_NAME)
 
 
 def load_attention_reg(weights: Union[str, os.PathLike, None] = None, device: Union[str, torch.device] = "cpu"):

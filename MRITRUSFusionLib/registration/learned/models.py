@@ -18,9 +18,8 @@ import torch
 from ...devices import fallback_allowed
 from ...errors import InputError
 from ...memory_format import channels_last
-from ...segmentation.checkpoints import read_checkpoint
-from ...segmentation.models import (BUNDLED_MODELS_DIR, ENV_MODELS, INSTALLED_MODELS_DIR, checkpoint_geometry,
-                                    network_from_checkpoint, resolve_device)
+from ...segmentation.models import (checkpoint_geometry, locate_weights, network_from_checkpoint,
+                                    read_model_checkpoint, resolve_device)
 from .baselines import build_globalnet, build_localnet
 
 
@@ -107,12 +106,7 @@ def registration_spec(name: str) -> RegistrationSpec:
 
 def default_registration_weights(name: str) -> Path:
     """Where the weights of ``name`` are found when the user gives none (may not exist)."""
-    spec = registration_spec(name)
-    models_dir = os.environ.get(ENV_MODELS)
-    if models_dir and (Path(models_dir).expanduser() / spec.weights_file).is_file():
-        return Path(models_dir).expanduser() / spec.weights_file
-    installed, bundled = INSTALLED_MODELS_DIR / spec.weights_file, BUNDLED_MODELS_DIR / spec.weights_file
-    return installed if installed.is_file() and not bundled.is_file() else bundled
+    return locate_weights(registration_spec(name).weights_file)
 
 
 def load_registration_model(name: str, weights: Optional[str | os.PathLike] = None,
@@ -125,10 +119,7 @@ def load_registration_model(name: str, weights: Optional[str | os.PathLike] = No
     """
     spec = registration_spec(name)
     target = resolve_device(device)
-    path = Path(weights).expanduser() if weights is not None else default_registration_weights(name)
-    checkpoint = read_checkpoint(path, expected=spec.expected)
-    if checkpoint["model"] != spec.name:
-        raise InputError(f"weights {path}: checkpoint is for '{checkpoint['model']}', expected {spec.expected}")
+    path, checkpoint = read_model_checkpoint(spec, weights, default_registration_weights(name))
     spacing, grid_size = checkpoint_geometry(checkpoint, path, spec)
     network = channels_last(network_from_checkpoint(checkpoint, path, spec).to(target)).eval()
     return LoadedRegistration(spec, network, target, spacing, grid_size, path, fallback_allowed(device))
