@@ -74,6 +74,9 @@ QUICK_SCALING_SIZES = (32, 48)
 SCALING_CONTENDERS = ("classical-bspline-gland", "classical-bspline-image", "learned-ecmca-lstm", "learned-auto",
                       REFERENCE, "ants-syn", "elastix-bspline")
 SCHEMA = "mritrus-fusion-bench/1"
+#: Contenders whose name starts so are also timed warm (a second call in the same process): their cold time is
+#: mostly importing torch and loading weights, which a session (Slicer, a batch of cases) pays once.
+WARM_PREFIX = "learned-"
 
 
 class ContenderUnavailable(FusionError):
@@ -394,11 +397,12 @@ def _cuda():
 
 
 def _worker(job, result_path: str) -> None:
-    """Child process: run the pickled job ``(contender, inputs, return_transform)`` read from the open file
-    ``job`` once; pickle the report (time, memory, transform, or skipped/error) to ``result_path``."""
+    """Child process: run the pickled job ``(contender, inputs, return_transform, warm)`` read from the open
+    file ``job`` once (twice when ``warm``); pickle the report (time, memory, transform, or skipped/error) to
+    ``result_path``."""
     progress.set_mode("none")
     try:
-        contender, inputs, return_transform = pickle.load(job)
+        contender, inputs, return_transform, warm = pickle.load(job)
         job.close()
         cuda = _cuda()
         if cuda is not None:
@@ -409,6 +413,10 @@ def _worker(job, result_path: str) -> None:
         transform = contender(*inputs)
         elapsed = time.perf_counter() - start
         report: dict[str, Any] = {"time_s": elapsed, "peak_rss_mib": _peak_rss_mib(), "baseline_rss_mib": baseline}
+        if warm:  # again in the same process: imports, weights and kernels are loaded (a session's later cases)
+            start = time.perf_counter()
+            contender(*inputs)
+            report["warm_time_s"] = time.perf_counter() - start
         cuda = _cuda()  # the contender may have loaded torch
         if cuda is not None:
             report["peak_gpu_mib"] = cuda.max_memory_allocated() / 2**20
@@ -429,11 +437,12 @@ _CHILD_CODE = ("import pickle, sys; job = open(sys.argv[1], 'rb'); sys.path[:0] 
 
 def measure(contender: Contender, fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image],
             moving_mask: Optional[sitk.Image], timeout_s: Optional[float] = None,
-            return_transform: bool = True) -> dict[str, Any]:
-    """Run ``contender`` once in a fresh Python child process.
+            return_transform: bool = True, warm: bool = False) -> dict[str, Any]:
+    """Run ``contender`` once in a fresh Python child process (``time_s``: cold, with imports, weight loading
+    and kernel warm-up); with ``warm``, a second time in that process (``warm_time_s``).
 
-    Returns ``{"time_s", "peak_rss_mib", "baseline_rss_mib"[, "peak_gpu_mib"][, "transform"]}``, or
-    ``{"skipped": reason}`` / ``{"error": message}`` (an exception, a crash, or ``timeout_s`` exceeded).
+    Returns ``{"time_s", "peak_rss_mib", "baseline_rss_mib"[, "warm_time_s"][, "peak_gpu_mib"][, "transform"]}``,
+    or ``{"skipped": reason}`` / ``{"error": message}`` (an exception, a crash, or ``timeout_s`` exceeded).
 
     Raises:
         InputError: ``contender`` cannot be pickled (a lambda or a function of ``__main__``).
@@ -441,7 +450,7 @@ def measure(contender: Contender, fixed: sitk.Image, moving: sitk.Image, fixed_m
     if isinstance(contender, Unavailable):
         return {"skipped": contender.reason}
     try:
-        job = pickle.dumps((contender, (fixed, moving, fixed_mask, moving_mask), return_transform),
+        job = pickle.dumps((contender, (fixed, moving, fixed_mask, moving_mask), return_transform, warm),
                            protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, AttributeError, TypeError) as error:
         raise InputError(f"contender {contender!r} cannot be sent to a child process ({error}); use a function "
@@ -496,6 +505,9 @@ def _summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "n_cases": len(done),
         "n_failed": len(runs) - len(done),
     }
+    warm = [run["warm_time_s"] for run in done if "warm_time_s" in run]
+    if warm:
+        summary["warm_time_s"] = _mean(warm)
     gpu = [run["peak_gpu_mib"] for run in done if "peak_gpu_mib" in run]
     if gpu:
         summary["peak_gpu_mib"] = max(gpu)
@@ -580,7 +592,7 @@ def run_benchmark(cases: Sequence[BenchCase], contenders: Optional[Mapping[str, 
                 reports = []
                 for _ in range(repeats):
                     reports.append(measure(contender, case.fixed, case.moving, case.fixed_mask, case.moving_mask,
-                                           timeout_s))
+                                           timeout_s, warm=name.startswith(WARM_PREFIX)))
                     bar.advance(message=f"{name} {case.name}")
                     if "time_s" not in reports[-1]:
                         break
@@ -602,6 +614,8 @@ def _run_record(case: BenchCase, reports: list[dict[str, Any]]) -> dict[str, Any
     record: dict[str, Any] = {"case": case.name, "time_s": min(times), "times_s": times,
                               "peak_rss_mib": max(report["peak_rss_mib"] for report in reports),
                               "baseline_rss_mib": reports[0]["baseline_rss_mib"]}
+    if all("warm_time_s" in report for report in reports):
+        record["warm_time_s"] = min(report["warm_time_s"] for report in reports)
     if any("peak_gpu_mib" in report for report in reports):
         record["peak_gpu_mib"] = max(report.get("peak_gpu_mib", 0.0) for report in reports)
     try:
@@ -640,7 +654,7 @@ def scaling_curve(sizes: Sequence[int] = SCALING_SIZES, contenders: Optional[Map
             case = phantom_case(seed, size) if pending else None
             for name in pending:
                 report = measure(contenders[name], case.fixed, case.moving, case.fixed_mask, case.moving_mask,
-                                 timeout_s, return_transform=False)
+                                 timeout_s, return_transform=False, warm=name.startswith(WARM_PREFIX))
                 bar.advance(message=f"{name} {size}^3")
                 if "skipped" in report:
                     entries[name] = {"skipped": report["skipped"]}
@@ -803,33 +817,41 @@ def _cell(text: str, limit: int = 60) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _warm_cell(run: Mapping[str, Any]) -> str:
+    """`` [warm s]`` of a run timed warm, else nothing."""
+    return f" [{_number(run['warm_time_s'])}]" if "warm_time_s" in run else ""
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """Markdown tables for the README: per contender (and, when present, the scaling curve)."""
     env = result.get("environment", {})
     reference = result.get("reference", REFERENCE)
     lines = [f"{len(result.get('cases', []))} cases; {env.get('cpu_affinity') or env.get('cpu_count')} CPU cores, "
              f"torch threads {env.get('torch_threads')}, device {env.get('device')}; "
-             f"ratios = {reference} / contender (> 1: faster, smaller TRE).", "",
-             "| contender | time (s) | speed-up vs SimpleITK | TRE (mm) | TRE ratio | Dice | peak RSS (MiB) | cases |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"ratios = {reference} / contender (> 1: faster, smaller TRE); time: a fresh process per run; "
+             f"warm: a second call in that process.", "",
+             "| contender | time (s) | warm (s) | speed-up vs SimpleITK | TRE (mm) | TRE ratio | Dice | peak RSS (MiB) "
+             "| cases |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     before_tre = _mean([case.get("tre_before_mm") for case in result.get("cases", [])])
     before_dice = _mean([case.get("dice_before") for case in result.get("cases", [])])
     if result.get("cases"):
-        lines.append(f"| (before registration) | | | {_number(before_tre)} | | {_number(before_dice)} | | "
+        lines.append(f"| (before registration) | | | | {_number(before_tre)} | | {_number(before_dice)} | | "
                      f"{len(result['cases'])} |")
     for name, entry in result.get("contenders", {}).items():
         if "summary" not in entry:
-            lines.append(f"| {name} | skipped: {_cell(entry.get('skipped', '?'))} | | | | | | |")
+            lines.append(f"| {name} | skipped: {_cell(entry.get('skipped', '?'))} | | | | | | | |")
             continue
         s = entry["summary"]
         failed = f" ({s['n_failed']} failed)" if s.get("n_failed") else ""
-        lines.append(f"| {name} | {_number(s['time_s'])} | {_number(s.get('time_ratio_vs_simpleitk'))} | "
+        warm = _number(s["warm_time_s"]) if "warm_time_s" in s else ""
+        lines.append(f"| {name} | {_number(s['time_s'])} | {warm} | {_number(s.get('time_ratio_vs_simpleitk'))} | "
                      f"{_number(s['tre_mean_mm'])} | {_number(s.get('tre_ratio_vs_simpleitk'))} | "
                      f"{_number(s['dice'])} | {_number(s['peak_rss_mib'], 4)} | {s['n_cases']}{failed} |")
     scaling = result.get("scaling")
     if scaling:
         sizes = scaling.get("sizes", [])
-        lines += ["", "| contender | " + " | ".join(f"{n}³: time (s) / peak RSS (MiB)" for n in sizes) + " |",
+        lines += ["", "| contender | " + " | ".join(f"{n}³: time (s) [warm] / peak RSS (MiB)" for n in sizes) + " |",
                   "|---|" + "---:|" * len(sizes)]
         for name, entry in scaling.get("contenders", {}).items():
             if "runs" not in entry:
@@ -840,6 +862,6 @@ def format_table(result: Mapping[str, Any]) -> str:
             for n in sizes:
                 run = by_size.get(n)
                 cells.append("–" if run is None else f"error: {_cell(run['error'], 40)}" if "error" in run
-                             else f"{_number(run['time_s'])} / {_number(run['peak_rss_mib'], 4)}")
+                             else f"{_number(run['time_s'])}{_warm_cell(run)} / {_number(run['peak_rss_mib'], 4)}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -149,3 +149,22 @@ def test_training_throughput_comes_from_the_trainer_loop():
     elapsed = time.perf_counter() - start
     assert speed["model"] == "ecmca-lstm" and speed["size"] == 16 and speed["threads"] >= 1
     assert 2 * 2 / elapsed <= speed["samples_per_s"] < float("inf")
+
+
+def test_learned_contenders_are_also_timed_warm():
+    """A second call in the child process skips importing torch and reading the weights: it is faster than the
+    cold call, and the warm time reaches the run record, the summary and the table."""
+    contender = bench.learned_contenders().get("learned-globalnet")
+    if contender is None:
+        pytest.skip("no bundled globalnet weights")
+    case = bench.phantom_cases(1, size=32)[0]
+    report = bench.measure(contender, case.fixed, case.moving, None, None, warm=True)
+    assert 0 < report["warm_time_s"] < report["time_s"]
+    record = bench._run_record(case, [report])
+    assert record["warm_time_s"] == report["warm_time_s"]
+    summary = bench._summary([record])
+    assert summary["warm_time_s"] == pytest.approx(report["warm_time_s"])
+    table = bench.format_table({"contenders": {"learned-globalnet": {"summary": summary}}})
+    assert f"| learned-globalnet | {bench._number(summary['time_s'])} | {bench._number(summary['warm_time_s'])} |" in table
+    cold = bench.measure(contender, case.fixed, case.moving, None, None)
+    assert "warm_time_s" not in cold
