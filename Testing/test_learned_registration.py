@@ -179,8 +179,8 @@ def test_cli_registers_with_a_trained_checkpoint(tmp_path, phantom):
 
 
 @pytest.mark.parametrize("learned, glands, masks, expected", [
-    (["ecmca-lstm", "globalnet"], True, False, ["gland-affine", "ecmca-lstm"]),
-    (["ecmca-lstm", "globalnet"], False, True, ["gland-affine", "ecmca-lstm"]),  # the user's masks suffice
+    (["ecmca-lstm", "globalnet"], True, False, ["gland-rigid", "ecmca-lstm"]),   # predicted glands: rigid
+    (["ecmca-lstm", "globalnet"], False, True, ["gland-affine", "ecmca-lstm"]),  # the user's masks: affine
     (["ecmca-lstm", "globalnet"], False, False, ["globalnet", "ecmca-lstm"]),    # no glands: learned affine
     (["ecmca-lstm"], False, False, ["ecmca-lstm"]),
     ([], False, False, ["bspline"]),                                              # nothing learned: classical

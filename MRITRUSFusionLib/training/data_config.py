@@ -156,9 +156,11 @@ class FileDataSection(Section):
     #: Fraction of prepared cases kept in memory (``monai.data.CacheDataset``), and loader worker processes.
     cache_rate: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(0, ge=0)
-    #: Registration models only: pre-align each MRI before training, ``gland-affine`` = the classical gland-driven
-    #: affine from the true masks (a deformable model then learns the residual, as after ``auto``'s pre-alignment).
-    prealign: Literal["none", "gland-affine"] = "none"
+    #: Registration models only: pre-align each MRI before training (a deformable model then learns the
+    #: residual): ``gland-affine`` = the classical gland-driven affine on the true masks; ``auto-gland`` = what
+    #: ``--method auto`` runs before its learned stage when the user has no masks (gland-driven rigid on glands
+    #: predicted by the bundled gland models; see ``registration.methods.gland_prealignment``).
+    prealign: Literal["none", "gland-affine", "auto-gland"] = "none"
 
     @field_validator("held_out", "cases", "validation_cases")
     @classmethod

@@ -60,19 +60,31 @@ def labels_on_grid(channels: Sequence[sitk.Image], grid: sitk.Image,
                      for channel in channels])
 
 
+def prealignment(prealign: str, fixed: sitk.Image, moving: sitk.Image, fixed_labels: Sequence[sitk.Image],
+                 moving_labels: Sequence[sitk.Image], truth: Optional[sitk.Transform]) -> Optional[sitk.Transform]:
+    """The TRUS point → MRI point transform a training pair starts from: None for ``none``; the classical
+    gland-driven affine of the true glands (channel 0) for ``gland-affine``; ``auto``'s mask-free gland stage
+    (predicted glands) for ``auto-gland``; the known ``truth`` for ``ground-truth``."""
+    if prealign == "gland-affine":
+        return register_classical(fixed, moving, "affine", fixed_labels[0], moving_labels[0])
+    if prealign == "auto-gland":
+        from ..registration.methods import gland_prealignment
+
+        return gland_prealignment(fixed, moving, device="cpu")
+    return truth if prealign == "ground-truth" else None
+
+
 def make_registration_case(name: str, fixed: sitk.Image, moving: sitk.Image, fixed_labels: Sequence[sitk.Image],
                            moving_labels: Sequence[sitk.Image], size: Sequence[int], spacing_mm: float,
                            prealign: str = "none", truth: Optional[sitk.Transform] = None) -> RegistrationCase:
     """A :class:`RegistrationCase` on the grid of ``size`` voxels (i, j, k) at ``spacing_mm`` around ``fixed``,
-    the MRI side through the classical gland-driven affine of the glands (channel 0) when ``prealign`` is
-    ``gland-affine``, or through the known ``truth`` (TRUS point → MRI point) for ``ground-truth``.
+    the MRI side through the :func:`prealignment` named by ``prealign``.
 
     Only channels present in both label lists are kept (fixed channel ``c`` corresponds to moving channel ``c``).
     """
     grid = registration_grid(fixed, size, spacing_mm)
     count = min(len(fixed_labels), len(moving_labels))
-    initial = (register_classical(fixed, moving, "affine", fixed_labels[0], moving_labels[0])
-               if prealign == "gland-affine" else truth if prealign == "ground-truth" else None)
+    initial = prealignment(prealign, fixed, moving, fixed_labels, moving_labels, truth)
     return RegistrationCase(name, normalised_on_grid(fixed, grid)[None], normalised_on_grid(moving, grid, initial)[None],
                             labels_on_grid(fixed_labels[:count], grid),
                             labels_on_grid(moving_labels[:count], grid, initial), float(spacing_mm))
