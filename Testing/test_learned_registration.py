@@ -204,6 +204,43 @@ def test_auto_with_masks_and_no_learned_stage_is_the_gland_driven_affine(monkeyp
     assert np.allclose(transform_points(transform, points), transform_points(direct, points), atol=1e-6)
 
 
+def _ball(reference: sitk.Image, radius_mm: float) -> sitk.Image:
+    """A ball of ``radius_mm`` at the centre of ``reference``'s grid (uint8 mask on that grid)."""
+    size = np.array(reference.GetSize())
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), -1)[..., ::-1]  # (k,j,i,3)
+    offset = ((index - (size - 1) / 2) * np.asarray(reference.GetSpacing())) @ np.asarray(
+        reference.GetDirection()).reshape(3, 3).T
+    mask = sitk.GetImageFromArray((np.linalg.norm(offset, axis=-1) <= radius_mm).astype(np.uint8))
+    mask.CopyInformation(reference)
+    return mask
+
+
+def test_gland_volumes_further_apart_than_the_limit_are_implausible(phantom):
+    from MRITRUSFusionLib.registration import methods
+
+    small, same, large = (_ball(phantom.trus, r) for r in (10.0, 11.0, 20.0))  # volume ratios 1.33 and 8
+    assert methods.implausible_glands(small, same) is None
+    assert "disagree" in methods.implausible_glands(small, large)
+    assert "empty" in methods.implausible_glands(small, small * 0)
+
+
+def test_auto_pre_aligns_with_globalnet_when_the_predicted_glands_are_implausible(monkeypatch, phantom, caplog):
+    from MRITRUSFusionLib.registration import methods
+
+    if "globalnet" not in methods.available_methods():
+        pytest.skip("no bundled globalnet weights")
+    monkeypatch.setattr(methods, "available_methods", lambda: ["globalnet"])
+    monkeypatch.setattr(methods, "gland_models_present", lambda: True)
+    monkeypatch.setattr(methods, "predicted_glands",
+                        lambda fixed, moving, device: (_ball(fixed, 10.0), _ball(moving, 20.0)))
+    with caplog.at_level("WARNING", logger="MRITRUSFusionLib"):
+        transform = methods.register(phantom.trus, phantom.mri, "auto", device="cpu")
+    assert "predicted gland volumes disagree" in caplog.text and "globalnet" in caplog.text
+    direct = methods.register(phantom.trus, phantom.mri, "globalnet", device="cpu")
+    points = centroids_mm(phantom.trus_labels[1:])
+    assert np.allclose(transform_points(transform, points), transform_points(direct, points), atol=1e-4)
+
+
 def test_any_registration_checkpoint_loads_from_the_file_alone(tmp_path):
     from MRITRUSFusionLib.registration.learned.models import LoadedRegistration
     from MRITRUSFusionLib.training.state import load_for_inference

@@ -6,8 +6,9 @@
 * ``auto``: the chain :data:`AUTO_CHAIN`, each stage starting from the previous one. A stage is the first
   runnable of its alternatives: ``gland`` is the classical gland-driven pre-alignment, ``gland-affine`` on the
   given masks or, without masks, ``gland-rigid`` on glands predicted by the ``gland-trus`` and ``gland-mri``
-  models (:data:`GLAND_PREALIGNMENT`); learned names need their weights. Stages with no runnable alternative
-  are skipped; with nothing runnable, the classical image-only B-spline.
+  models (:data:`GLAND_PREALIGNMENT`), which gives way to the next alternative when the predicted glands
+  cannot be the same organ (:func:`implausible_glands`); learned names need their weights. Stages with no
+  runnable alternative are skipped; with nothing runnable, the classical image-only B-spline.
 
 Every method returns one transform mapping a TRUS point to an MRI point (LPS mm); learned chains return
 one flat ``CompositeTransform`` (write it as ``.h5``).
@@ -15,9 +16,11 @@ one flat ``CompositeTransform`` (write it as ``.h5``).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
@@ -25,6 +28,7 @@ from .classical import METHODS as CLASSICAL_METHODS
 from .classical import register_classical
 from .learned.models import REGISTRATION_MODELS, available_methods
 
+log = logging.getLogger("MRITRUSFusionLib")
 ATTENTION_REG = "attention-reg"
 #: The stages of ``auto``, in order, each as alternatives in order of preference: pre-alignment (classical
 #: on the glands, else learned affine), then the learned deformable refinement.
@@ -36,6 +40,11 @@ AUTO_CHAIN = (("gland", "globalnet"), ("ecmca-lstm",))
 GLAND_PREALIGNMENT = {"given": "gland-affine", "predicted": "gland-rigid"}
 #: Segmentation models giving the glands of the ``gland`` stage when the user has no masks.
 GLAND_MODELS = {"fixed": "gland-trus", "moving": "gland-mri"}
+#: Predicted TRUS and MRI glands are the same organ: when their volumes differ by more than this factor the
+#: segmentation failed (images unlike the training data) and ``auto`` pre-aligns with the stage's next
+#: alternative instead. True MRI/TRUS gland volume ratios on mrus-example obs000-obs079: 0.51-1.27;
+#: predicted: 0.55-1.43; on the synthetic phantoms, where the bundled gland models fail: 2.1-2.8.
+GLAND_VOLUME_RATIO_LIMIT = 2.0
 
 
 def method_names() -> list[str]:
@@ -74,20 +83,53 @@ def predicted_glands(fixed: sitk.Image, moving: sitk.Image, device: str = "auto"
     return fixed_mask, moving_mask
 
 
+def _volume_ml(mask: sitk.Image) -> float:
+    """Volume (ml) of the non-zero voxels of ``mask``."""
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+def implausible_glands(fixed_mask: sitk.Image, moving_mask: sitk.Image) -> Optional[str]:
+    """Why predicted (TRUS, MRI) glands cannot be the same gland (an empty mask, or volumes further apart than
+    :data:`GLAND_VOLUME_RATIO_LIMIT`), or None when they can."""
+    fixed_ml, moving_ml = _volume_ml(fixed_mask), _volume_ml(moving_mask)
+    if min(fixed_ml, moving_ml) == 0:
+        return f"an empty predicted gland (TRUS {fixed_ml:.1f} ml, MRI {moving_ml:.1f} ml)"
+    if max(fixed_ml, moving_ml) > GLAND_VOLUME_RATIO_LIMIT * min(fixed_ml, moving_ml):
+        return (f"predicted gland volumes disagree (TRUS {fixed_ml:.1f} ml, MRI {moving_ml:.1f} ml, more than "
+                f"{GLAND_VOLUME_RATIO_LIMIT:g}x apart)")
+    return None
+
+
 def gland_prealignment(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
-                       moving_mask: Optional[sitk.Image] = None, device: str = "auto") -> sitk.Transform:
+                       moving_mask: Optional[sitk.Image] = None, device: str = "auto") -> Optional[sitk.Transform]:
     """``auto``'s ``gland`` stage: the classical gland-driven pre-alignment of :data:`GLAND_PREALIGNMENT`, on the
-    given masks (both) or on glands predicted by the gland models (neither)."""
+    given masks (both) or on glands predicted by the gland models (neither). None, with a warning, when the
+    predicted glands are implausible (:func:`implausible_glands`); the user's masks are always used."""
     source = "given" if fixed_mask is not None else "predicted"
     if fixed_mask is None:
         fixed_mask, moving_mask = predicted_glands(fixed, moving, device)
+        problem = implausible_glands(fixed_mask, moving_mask)
+        if problem:
+            log.warning("warning: auto: %s; not pre-aligning on them", problem)
+            return None
     method = GLAND_PREALIGNMENT[source].removeprefix("gland-")
     return register_classical(fixed, moving, method, fixed_mask, moving_mask)
 
 
+def _gland_fallback() -> Optional[str]:
+    """The learned alternative that follows ``gland`` in its :data:`AUTO_CHAIN` stage and has weights, if any."""
+    learned = set(available_methods())
+    for alternatives in AUTO_CHAIN:
+        if "gland" in alternatives:
+            after = alternatives[alternatives.index("gland") + 1:]
+            return next((name for name in after if name in learned), None)
+    return None
+
+
 def _run_auto(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image],
               moving_mask: Optional[sitk.Image], device: str, initial: Optional[sitk.Transform]) -> sitk.Transform:
-    """The stages of :func:`auto_stages`, each starting from the previous transform."""
+    """The stages of :func:`auto_stages`, each starting from the previous transform; a gland stage that declines
+    (implausible predicted glands) gives way to the next learned alternative of its chain stage."""
     from .learned.infer import register_learned
 
     transform = initial
@@ -95,9 +137,15 @@ def _run_auto(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.I
         if stage == "bspline":
             return register_classical(fixed, moving, "bspline", fixed_mask, moving_mask)
         if stage in GLAND_PREALIGNMENT.values():
-            transform = gland_prealignment(fixed, moving, fixed_mask, moving_mask, device)  # from scratch
-        else:
-            transform = register_learned(fixed, moving, stage, None, device, transform)
+            prealigned = gland_prealignment(fixed, moving, fixed_mask, moving_mask, device)  # from scratch
+            if prealigned is not None:
+                transform = prealigned
+                continue
+            stage = _gland_fallback()
+            if stage is None:
+                continue
+            log.warning("warning: auto: pre-aligning with %s instead", stage)
+        transform = register_learned(fixed, moving, stage, None, device, transform)
     return transform
 
 

@@ -64,7 +64,8 @@ def prealignment(prealign: str, fixed: sitk.Image, moving: sitk.Image, fixed_lab
                  moving_labels: Sequence[sitk.Image], truth: Optional[sitk.Transform]) -> Optional[sitk.Transform]:
     """The TRUS point → MRI point transform a training pair starts from: None for ``none``; the classical
     gland-driven affine of the true glands (channel 0) for ``gland-affine``; ``auto``'s mask-free gland stage
-    (predicted glands) for ``auto-gland``; the known ``truth`` for ``ground-truth``."""
+    (predicted glands; None when they are implausible) for ``auto-gland``; the known ``truth`` for
+    ``ground-truth``."""
     if prealign == "gland-affine":
         return register_classical(fixed, moving, "affine", fixed_labels[0], moving_labels[0])
     if prealign == "auto-gland":
