@@ -33,6 +33,7 @@ from ..registration.learned.attention_reg_data import (NORMALISATION, Registrati
                                                        sample_sources, validation_items)
 from ..registration.learned.attention_reg_infer import MODEL_NAME, load_attention_reg, refine
 from ..segmentation.checkpoints import make_checkpoint
+from .batches import GeneratorBatches
 from .data_config import AttentionRegSampleDataSection
 from .sources import DataSource
 
@@ -40,24 +41,23 @@ from .sources import DataSource
 VALIDATION_SEED_OFFSET = 1000
 
 
-class AttentionRegBatches:
+class AttentionRegBatches(GeneratorBatches):
     """This process's share of each global batch of perturbed pairs, from one seeded generator per run
     (resumable from :meth:`state_dict`).
 
     Batch keys: ``trus`` and ``mri`` (b, 1, D, H, W) float32 patches in [0, 1], ``target`` (b, 6) float32.
     """
 
+    kind = "attention-reg"
+
     def __init__(self, sources: Sequence[RegistrationSource], data: AttentionRegSampleDataSection,
                  patch_size: Sequence[int], spacing_mm: float, global_batch: int, seed: int, rank: int = 0,
                  world_size: int = 1):
+        super().__init__(int(seed), global_batch, rank, world_size)
         self.sources = list(sources)
         self.data = data
         self.patch_size = [int(p) for p in patch_size]
         self.spacing_mm = float(spacing_mm)
-        self.global_batch = int(global_batch)
-        local = self.global_batch // world_size
-        self.mine = range(rank * local, (rank + 1) * local)
-        self.rng = np.random.default_rng(int(seed))
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next step's items of this process (every process draws the whole global batch)."""
@@ -66,17 +66,6 @@ class AttentionRegBatches:
                                        data.max_rotation_deg, data.max_sre_mm, data.centre_jitter_mm,
                                        self.patch_size, self.spacing_mm, keep=self.mine)
         return {"trus": trus, "mri": mri, "target": target}
-
-    def state_dict(self) -> dict:
-        """The generator position (JSON text: its 128-bit integers stay exact)."""
-        return {"kind": "attention-reg", "generator": json.dumps(self.rng.bit_generator.state)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a :meth:`state_dict`."""
-        self.rng.bit_generator.state = json.loads(state["generator"])
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 class AttentionRegTask:

@@ -22,7 +22,6 @@ intensity per channel like :class:`.phantom_data.PhantomPatches`; then ``augment
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -36,6 +35,7 @@ from ..segmentation.inference import MRI_SPACE_ROLES
 from ..segmentation.preprocessing import model_grid, normalise
 from ..segmentation.synthetic_adc import synthetic_adc
 from .augmentation import augment, build_augmentation
+from .batches import CaseSeedBatches
 from .config import TrainingConfig
 from .data_config import PhantomDataSection
 from .phantom_data import _crop_start, crop, phantom_overrides
@@ -253,36 +253,21 @@ class FusionSampler:
         return ValidationCase(f"phantom{seed}", arrays["image"], arrays["label"][0])
 
 
-class FusionBatches:
+class FusionBatches(CaseSeedBatches):
     """This process's share of each global batch of :class:`FusionSampler` samples, resumable.
 
     Every process draws the case and the seed of every sample of a global batch from one generator seeded
     ``[seed, 2]``, and builds only its own slice (samples depend on their seed only, not on the process).
+    Batch keys: ``image`` (b, C, D, H, W) and the masks.
     """
+
+    kind = "fusion"
 
     def __init__(self, sampler: FusionSampler, cases: list[FusionCase], global_batch: int, seed: int,
                  rank: int = 0, world_size: int = 1):
-        self.sampler, self.cases = sampler, cases
-        self.global_batch = int(global_batch)
-        self.local_batch = self.global_batch // world_size
-        self.rank = int(rank)
-        self.rng = np.random.default_rng([int(seed), 2])
+        super().__init__(cases, global_batch, [int(seed), 2], rank, world_size)
+        self.sampler = sampler
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        """The next step's samples of this process, stacked: ``image`` (b, C, D, H, W) and the masks."""
-        picks = self.rng.integers(len(self.cases), size=self.global_batch)
-        seeds = self.rng.integers(2**31 - 1, size=self.global_batch)
-        mine = range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
-        samples = [self.sampler.sample(self.cases[picks[i]], int(seeds[i])) for i in mine]
-        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
-
-    def state_dict(self) -> dict:
-        """The generator position (JSON text: its 128-bit integers stay exact)."""
-        return {"kind": "fusion", "generator": json.dumps(self.rng.bit_generator.state)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a :meth:`state_dict`."""
-        self.rng.bit_generator.state = json.loads(state["generator"])
-
-    def close(self) -> None:
-        """Nothing to release."""
+    def sample(self, case: FusionCase, seed: int) -> dict[str, torch.Tensor]:
+        """:meth:`FusionSampler.sample`."""
+        return self.sampler.sample(case, seed)

@@ -10,7 +10,6 @@ its own slice, so a distributed run sees exactly the batches of a single-process
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -21,6 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..phantom import PhantomConfig, generate_phantom
 from ..segmentation.preprocessing import model_grid, normalise, resample_onto
+from .batches import GeneratorBatches
 from .data_config import PhantomDataSection
 
 
@@ -150,7 +150,7 @@ class PhantomPatches(IterableDataset):
 Augment = Callable[[dict, int], dict]
 
 
-class PhantomBatches:
+class PhantomBatches(GeneratorBatches):
     """This process's share of each global batch of phantom patches, resumable from :meth:`state_dict`.
 
     Args:
@@ -164,36 +164,23 @@ class PhantomBatches:
     ``rank * b .. (rank + 1) * b - 1`` with ``b = global_batch / world_size``.
     """
 
+    kind = "phantom"
+
     def __init__(self, patches: PhantomPatches, global_batch: int, rank: int = 0, world_size: int = 1,
                  augment: Optional[Augment] = None):
+        super().__init__([patches.seed, 0], global_batch, rank, world_size)
         self.patches = patches
-        self.global_batch = int(global_batch)
-        self.local_batch = self.global_batch // world_size
-        self.rank = int(rank)
         self.augment = augment
-        self.rng = np.random.default_rng([patches.seed, 0])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """``{"image": (b, 1, D, H, W) float32, "label": (b, 1, D, H, W) int64}`` of the next step."""
-        mine = range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
         samples = []
         for index in range(self.global_batch):
             image, label = self.patches.sample(self.rng)
             sample = {"image": image, "label": label}
             if self.augment is not None:
                 seed = int(self.rng.integers(2**31))
-                sample = self.augment(sample, seed) if index in mine else sample
-            if index in mine:
+                sample = self.augment(sample, seed) if index in self.mine else sample
+            if index in self.mine:
                 samples.append(sample)
         return {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "label")}
-
-    def state_dict(self) -> dict:
-        """The generator position (JSON text: its 128-bit integers stay exact)."""
-        return {"kind": "phantom", "generator": json.dumps(self.rng.bit_generator.state)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a :meth:`state_dict`."""
-        self.rng.bit_generator.state = json.loads(state["generator"])
-
-    def close(self) -> None:
-        """Nothing to release (the interface of the file batches)."""

@@ -8,12 +8,11 @@ with empty channels to a common count) sampled nearest-neighbour. Cases are kept
 Each sample is one case augmented with its own seed: flips and intensity changes of both images (joint),
 then a random affine and elastic deformation of the MRI and its labels only (``augmentation.affine`` /
 ``augmentation.elastic``), which widens the misalignments the network learns to undo. Batches are drawn
-like :class:`.phantom_data.PhantomBatches`: one seeded generator per run, each process keeps its slice.
+by :class:`.batches.CaseSeedBatches`: one seeded generator per run, each process keeps its slice.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -27,6 +26,7 @@ from ..phantom import generate_phantom
 from ..registration.classical import register_classical
 from ..registration.learned.grid import normalised_on_grid, registration_grid
 from .augmentation import augment, build_augmentation
+from .batches import CaseSeedBatches
 from .config import AugmentationSection, TrainingConfig
 from .data_config import FileDataSection
 from .file_data import list_cases
@@ -168,43 +168,24 @@ class RegistrationAugmentation:
         return augment(self.moving, sample, seed + 1, LABEL_KEYS)
 
 
-class RegistrationBatches:
+class RegistrationBatches(CaseSeedBatches):
     """This process's share of each global batch of augmented pairs, resumable from :meth:`state_dict`.
 
     Batch keys: ``fixed_image``/``moving_image`` (b, 1, D, H, W) float32 and ``fixed_label``/``moving_label``
     (b, L, D, H, W) float32 in {0, 1}.
     """
 
+    kind = "registration"
+    seed_bound = 2**31 - 2  # seed + 1 seeds the moving-side augmentation
+
     def __init__(self, cases: list[RegistrationCase], global_batch: int, seed: int, rank: int = 0,
                  world_size: int = 1, augmentation: Optional[RegistrationAugmentation] = None):
-        self.cases = cases
-        self.global_batch = int(global_batch)
-        self.local_batch = self.global_batch // world_size
-        self.rank = int(rank)
+        super().__init__(cases, global_batch, [int(seed), 1], rank, world_size)
         self.augmentation = augmentation
-        self.rng = np.random.default_rng([int(seed), 1])
 
-    def _sample(self, case: RegistrationCase, seed: int) -> dict[str, torch.Tensor]:
+    def sample(self, case: RegistrationCase, seed: int) -> dict[str, torch.Tensor]:
+        """The arrays of ``case``, augmented with ``seed``, as float32 tensors of the batch keys."""
         sample = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in case.arrays().items()}
         if self.augmentation is not None:
             sample = self.augmentation(sample, seed)
         return {key: torch.as_tensor(value).float() for key, value in sample.items() if key in BATCH_KEYS}
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        """The next step's samples of this process."""
-        picks = self.rng.integers(len(self.cases), size=self.global_batch)
-        seeds = self.rng.integers(2**31 - 2, size=self.global_batch)
-        mine = range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
-        samples = [self._sample(self.cases[picks[index]], int(seeds[index])) for index in mine]
-        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
-
-    def state_dict(self) -> dict:
-        """The generator position (JSON text: its 128-bit integers stay exact)."""
-        return {"kind": "registration", "generator": json.dumps(self.rng.bit_generator.state)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a :meth:`state_dict`."""
-        self.rng.bit_generator.state = json.loads(state["generator"])
-
-    def close(self) -> None:
-        """Nothing to release."""
