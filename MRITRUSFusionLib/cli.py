@@ -193,7 +193,7 @@ SEGMENT_ROLES = ("trus", "mri", "adc")
 def cmd_segment(args: argparse.Namespace) -> None:
     from .io import read_transform, write_label, write_seg_nrrd, write_volume
     from .io.atomic import full_suffix
-    from .metrics._image import voxel_volume_ml
+    from .metrics.overlap import volume_ml
     from .segmentation.inference import check_inputs, segment
     from .segmentation.lesions import check_threshold, write_lesions
     from .segmentation.models import MODELS
@@ -222,8 +222,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.lesions_out:
         write_lesions(result.lesions, args.lesions_out, overwrite=args.overwrite, model=spec.name,
                       threshold=args.threshold, min_volume_mm3=args.min_volume)
-    volume_ml = np.count_nonzero(sitk.GetArrayViewFromImage(result.label)) * voxel_volume_ml(result.label)
-    print(json.dumps({"model": spec.name, "target": spec.target, "volume_ml": round(float(volume_ml), 3),
+    print(json.dumps({"model": spec.name, "target": spec.target, "volume_ml": round(volume_ml(result.label), 3),
                       "segments": [segment.name for segment in result.segments]}))
 
 

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
 from .errors import InputError, OutputExistsError
 from .fusion import write_overlay_png
 from .io import Segment, write_json, write_seg_nrrd, write_transform, write_volume
-from .metrics._image import voxel_volume_ml
+from .metrics.overlap import volume_ml
 from .metrics.registration import registration_metrics, warp_mask
 from .metrics.segmentation import segmentation_metrics
 from .registration.classical import register_classical
@@ -121,7 +120,7 @@ def _report(inputs: DemoInputs, transform: sitk.Transform, tumour: sitk.Image, m
         "library_version": __version__,
         "input": inputs.source,
         "registration": {"method": method, "mode": "gland-driven" if gland_driven else "image-only"},
-        "segmentation": {"model": model, "tumour_volume_ml": _volume_ml(tumour)},
+        "segmentation": {"model": model, "tumour_volume_ml": round(volume_ml(tumour), 4)},
     }
     if inputs.trus_labels and inputs.mri_labels:
         before = registration_metrics(inputs.trus_labels, inputs.mri_labels, sitk.Transform())
@@ -144,11 +143,6 @@ def _renamed_tre(before: dict, after: dict) -> dict:
         return {}
     return {"tre_before_mm": before["tre_mean_mm"], "tre_after_mm": after["tre_mean_mm"],
             "tre_median_after_mm": after["tre_median_mm"]}
-
-
-def _volume_ml(mask: sitk.Image) -> float:
-    """Foreground volume (mL) of ``mask``."""
-    return round(int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * voxel_volume_ml(mask), 4)
 
 
 def _write_outputs(out: Path, inputs: DemoInputs, transform: sitk.Transform, mri_before: sitk.Image,

@@ -21,6 +21,7 @@ from MRITRUSFusionLib.metrics import (
     sensitivity,
     summarize,
     volume_difference_ml,
+    volume_ml,
 )
 
 OBLIQUE = sitk.VersorTransform((0.3, 0.5, 0.8), 0.6).GetMatrix()
@@ -122,6 +123,8 @@ def test_volume_difference_in_millilitres(direction):
     ref = mask_image(ref_array, spacing=spacing, direction=direction)
     assert volume_difference_ml(pred, ref) == pytest.approx(500 * 0.5 / 1000)
     assert volume_difference_ml(ref, pred) == pytest.approx(-0.25)
+    assert volume_ml(pred) == pytest.approx(1000 * 0.5 / 1000)
+    assert volume_ml(ref) == pytest.approx(500 * 0.5 / 1000)
 
 
 def test_masks_on_different_grids_are_rejected():

@@ -24,7 +24,7 @@ from MRITRUSFusionLib.metrics.landmarks import (
     target_registration_errors_mm,
     transform_points,
 )
-from MRITRUSFusionLib.metrics.overlap import dice, iou, precision, sensitivity, volume_difference_ml
+from MRITRUSFusionLib.metrics.overlap import dice, iou, precision, sensitivity, volume_difference_ml, volume_ml
 from MRITRUSFusionLib.metrics.registration import (
     registration_metrics,
     surface_registration_error,
@@ -75,5 +75,6 @@ __all__ = [
     "target_registration_errors_mm",
     "transform_points",
     "volume_difference_ml",
+    "volume_ml",
     "warp_mask",
 ]

@@ -59,6 +59,11 @@ def precision(pred: sitk.Image, ref: sitk.Image) -> float:
     return math.nan if tp + fp == 0 else tp / (tp + fp)
 
 
+def volume_ml(mask: sitk.Image) -> float:
+    """Foreground (``> 0``) volume of ``mask`` in millilitres (voxel volume from spacing and direction)."""
+    return float(mask_array(mask, "mask").sum()) * voxel_volume_ml(mask)
+
+
 def volume_difference_ml(pred: sitk.Image, ref: sitk.Image) -> float:
     """Signed volume difference V(pred) - V(ref) in millilitres (voxel volume from spacing and direction)."""
     _, fp, fn = _confusion_counts(pred, ref)

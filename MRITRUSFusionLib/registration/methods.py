@@ -20,10 +20,10 @@ import logging
 import os
 from typing import Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..metrics.overlap import volume_ml
 from .classical import METHODS as CLASSICAL_METHODS
 from .classical import register_classical
 from .learned.models import REGISTRATION_MODELS, available_methods
@@ -83,15 +83,10 @@ def predicted_glands(fixed: sitk.Image, moving: sitk.Image, device: str = "auto"
     return fixed_mask, moving_mask
 
 
-def _volume_ml(mask: sitk.Image) -> float:
-    """Volume (ml) of the non-zero voxels of ``mask``."""
-    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
-
-
 def implausible_glands(fixed_mask: sitk.Image, moving_mask: sitk.Image) -> Optional[str]:
     """Why predicted (TRUS, MRI) glands cannot be the same gland (an empty mask, or volumes further apart than
     :data:`GLAND_VOLUME_RATIO_LIMIT`), or None when they can."""
-    fixed_ml, moving_ml = _volume_ml(fixed_mask), _volume_ml(moving_mask)
+    fixed_ml, moving_ml = volume_ml(fixed_mask), volume_ml(moving_mask)
     if min(fixed_ml, moving_ml) == 0:
         return f"an empty predicted gland (TRUS {fixed_ml:.1f} ml, MRI {moving_ml:.1f} ml)"
     if max(fixed_ml, moving_ml) > GLAND_VOLUME_RATIO_LIMIT * min(fixed_ml, moving_ml):
