@@ -59,19 +59,20 @@ def gland_models_present() -> bool:
     return all(default_weights_path(name).is_file() for name in GLAND_MODELS.values())
 
 
+def _runnable_chain(masks_given: bool) -> list[list[str]]:
+    """Per :data:`AUTO_CHAIN` stage, its alternatives runnable here, in order of preference (``gland`` named
+    by :data:`GLAND_PREALIGNMENT`)."""
+    learned = set(available_methods())
+    gland = GLAND_PREALIGNMENT["given" if masks_given else "predicted"]
+    glands_available = masks_given or gland_models_present()
+    return [[gland if name == "gland" else name for name in alternatives
+             if (name == "gland" and glands_available) or name in learned] for alternatives in AUTO_CHAIN]
+
+
 def auto_stages(masks_given: bool) -> list[str]:
     """The stages ``auto`` runs here: the first runnable alternative of each :data:`AUTO_CHAIN` stage, else
     ``["bspline"]``."""
-    learned = set(available_methods())
-    gland_stage = GLAND_PREALIGNMENT["given" if masks_given else "predicted"]
-
-    def runnable(name: str) -> Optional[str]:
-        if name == "gland":
-            return gland_stage if masks_given or gland_models_present() else None
-        return name if name in learned else None
-
-    stages = [next(filter(None, map(runnable, alternatives)), None) for alternatives in AUTO_CHAIN]
-    return [stage for stage in stages if stage is not None] or ["bspline"]
+    return [alternatives[0] for alternatives in _runnable_chain(masks_given) if alternatives] or ["bspline"]
 
 
 def predicted_glands(fixed: sitk.Image, moving: sitk.Image, device: str = "auto") -> tuple[sitk.Image, sitk.Image]:
@@ -111,36 +112,28 @@ def gland_prealignment(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Option
     return register_classical(fixed, moving, method, fixed_mask, moving_mask)
 
 
-def _gland_fallback() -> Optional[str]:
-    """The learned alternative that follows ``gland`` in its :data:`AUTO_CHAIN` stage and has weights, if any."""
-    learned = set(available_methods())
-    for alternatives in AUTO_CHAIN:
-        if "gland" in alternatives:
-            after = alternatives[alternatives.index("gland") + 1:]
-            return next((name for name in after if name in learned), None)
-    return None
-
-
 def _run_auto(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image],
               moving_mask: Optional[sitk.Image], device: str, initial: Optional[sitk.Transform]) -> sitk.Transform:
-    """The stages of :func:`auto_stages`, each starting from the previous transform; a gland stage that declines
-    (implausible predicted glands) gives way to the next learned alternative of its chain stage."""
+    """Each :data:`AUTO_CHAIN` stage from the previous transform, by its first runnable alternative; a gland
+    stage that declines (implausible predicted glands) gives way to the stage's next alternative. Nothing
+    runnable: the classical B-spline."""
     from .learned.infer import register_learned
 
+    chain = _runnable_chain(fixed_mask is not None)
+    if not any(chain):
+        return register_classical(fixed, moving, "bspline", fixed_mask, moving_mask)
     transform = initial
-    for stage in auto_stages(fixed_mask is not None):
-        if stage == "bspline":
-            return register_classical(fixed, moving, "bspline", fixed_mask, moving_mask)
-        if stage in GLAND_PREALIGNMENT.values():
-            prealigned = gland_prealignment(fixed, moving, fixed_mask, moving_mask, device)  # from scratch
-            if prealigned is not None:
-                transform = prealigned
-                continue
-            stage = _gland_fallback()
-            if stage is None:
-                continue
-            log.warning("warning: auto: pre-aligning with %s instead", stage)
-        transform = register_learned(fixed, moving, stage, None, device, transform)
+    for alternatives in chain:
+        for position, stage in enumerate(alternatives):
+            if position > 0:
+                log.warning("warning: auto: pre-aligning with %s instead", stage)
+            if stage in GLAND_PREALIGNMENT.values():
+                result = gland_prealignment(fixed, moving, fixed_mask, moving_mask, device)  # from scratch
+            else:
+                result = register_learned(fixed, moving, stage, None, device, transform)
+            if result is not None:
+                transform = result
+                break
     return transform
 
 
