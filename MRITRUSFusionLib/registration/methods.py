@@ -35,15 +35,17 @@ ATTENTION_REG = "attention-reg"
 AUTO_CHAIN = (("gland", "globalnet"), ("ecmca-lstm",))
 #: The ``gland`` stage's classical method by where the masks come from. Predicted glands carry segmentation
 #: errors that an affine fit turns into wrong scaling and shear: on the validation cases obs070-obs079 the
-#: gland-driven rigid on predicted glands had a median landmark TRE of 5.85 mm, the affine 7.06 mm (with the
-#: true masks the affine is the better one: 5.69 vs 5.96 mm on obs000-obs079).
+#: gland-driven rigid on predicted glands had a median landmark TRE of 5.85 mm, the affine 7.06 mm, with the
+#: first gland models (4.48 vs 5.83 mm with the current ones; with the true masks the affine is the better
+#: one: 5.69 vs 5.96 mm on obs000-obs079).
 GLAND_PREALIGNMENT = {"given": "gland-affine", "predicted": "gland-rigid"}
 #: Segmentation models giving the glands of the ``gland`` stage when the user has no masks.
 GLAND_MODELS = {"fixed": "gland-trus", "moving": "gland-mri"}
 #: Predicted TRUS and MRI glands are the same organ: when their volumes differ by more than this factor the
 #: segmentation failed (images unlike the training data) and ``auto`` pre-aligns with the stage's next
 #: alternative instead. True MRI/TRUS gland volume ratios on mrus-example obs000-obs079: 0.51-1.27;
-#: predicted: 0.55-1.43; on the synthetic phantoms, where the bundled gland models fail: 2.1-2.8.
+#: predicted by the first gland models: 0.55-1.43; on the synthetic phantoms, where the bundled gland models
+#: fail: 2.1-2.8.
 GLAND_VOLUME_RATIO_LIMIT = 2.0
 
 

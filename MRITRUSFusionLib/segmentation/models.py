@@ -83,12 +83,12 @@ MODELS: dict[str, ModelSpec] = {
         weights_file="trus-unet.pt"),
     "gland-trus": ModelSpec(
         name="gland-trus", description="MONAI UNet 3D, TRUS → background/gland", builder=build_trus_unet,
-        arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
+        arguments={"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
         spacing_mm=1.5, patch_size=(40, 56, 40), normalisation="zscore-foreground",
         weights_file="gland-trus.pt", inputs=("trus",), target="gland"),
     "gland-mri": ModelSpec(
         name="gland-mri", description="MONAI UNet 3D, MRI → background/gland", builder=build_trus_unet,
-        arguments={"channels": [12, 24, 48, 96], "strides": [2, 2, 2], "num_res_units": 1},
+        arguments={"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
         spacing_mm=1.5, patch_size=(48, 48, 48), normalisation="zscore",
         weights_file="gland-mri.pt", inputs=("mri",), target="gland"),
     "concat": ModelSpec(
