@@ -7,7 +7,8 @@ evaluation suite scores them. Prints the README's Markdown table and writes ``OU
 Rows: identity; classical rigid/affine/bspline image-only, gland-driven on the glands predicted by the bundled
 ``gland-trus``/``gland-mri`` models (still image-only: no mask is read; the time includes the segmentation), and
 gland-driven with the true masks (an upper reference: it reads the labels); each learned method with weights;
-``auto``. ``--rows`` picks some.
+``auto``. ``--rows`` picks some; ``ROW + METHOD [+ METHOD ...]`` chains learned methods after a row, each
+starting from the previous transform, e.g. ``"rigid (gland-driven with predicted glands) + vit-affine"``.
 Columns: gland Dice (median over cases), HD95 (mm, median), landmark TRE (mm, median and mean over all
 landmarks), RDSC/RTRE (μ-RegPro robust means over the best 68 % of cases), folding fraction (mean over cases,
 deformable transforms only) and registration time per case (s, mean).
@@ -19,6 +20,7 @@ import argparse
 import csv
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -63,14 +65,24 @@ class GlandMasks:
         return None, None, 0.0
 
 
-def register_case(case, method: str, source: str, masks: GlandMasks, folder: Path) -> float:
-    """Register one case, write its transform into ``folder``; returns the time (s) of registration and of
-    the gland prediction it needed."""
+def chained_row(label: str, rows_available: dict[str, tuple[str, str]]) -> tuple[str, str, list[str]]:
+    """(method, mask source, learned methods chained after it) of row ``label`` (``ROW + METHOD ...``)."""
+    first, *then = label.split(" + ")
+    if first not in rows_available:
+        raise SystemExit(f"--rows: unknown row {first!r}; rows here: {', '.join(rows_available)}")
+    return (*rows_available[first], then)
+
+
+def register_case(case, method: str, source: str, masks: GlandMasks, folder: Path, then: Sequence[str] = ()) -> float:
+    """Register one case (``method``, then each learned method of ``then`` from the previous transform), write
+    its transform into ``folder``; returns the time (s) of registration and of the gland prediction it needed."""
     fixed, moving = read_volume(case.fixed_image), read_volume(case.moving_image)
     fixed_mask, moving_mask, mask_seconds = masks(case, source, fixed, moving)
     start = time.perf_counter()
     transform = (sitk.Transform(3, sitk.sitkIdentity) if method == "identity"
                  else register(fixed, moving, method, fixed_mask, moving_mask, device="cpu"))
+    for stage in then:
+        transform = register(fixed, moving, stage, device="cpu", initial=transform)
     seconds = time.perf_counter() - start + mask_seconds
     write_transform(transform, folder / f"{case.name}{'.tfm' if transform.IsLinear() else '.h5'}")
     return seconds
@@ -101,7 +113,8 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--cases", required=True, help="case names or ranges, e.g. obs080..obs107")
     parser.add_argument("--out", required=True, help="folder for transforms and table.csv")
-    parser.add_argument("--rows", help="comma-separated row labels (default: every runnable method)")
+    parser.add_argument("--rows", help="comma-separated row labels, each optionally followed by ' + METHOD' "
+                                       "chains (default: every runnable method)")
     args = parser.parse_args()
     rows_available = default_rows()
     labels = args.rows.split(",") if args.rows else list(rows_available)
@@ -109,10 +122,10 @@ def main() -> None:
     names = select(list(cases_by_name), [args.cases.replace("..", "-")])
     table, masks = [], GlandMasks()
     for label in labels:
-        method, source = rows_available[label]
+        method, source, then = chained_row(label, rows_available)
         folder = Path(args.out) / label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         folder.mkdir(parents=True, exist_ok=True)
-        seconds = [register_case(cases_by_name[name], method, source, masks, folder) for name in names]
+        seconds = [register_case(cases_by_name[name], method, source, masks, folder, then) for name in names]
         result = evaluate_registration_dataset(args.dataset, folder, case_names=names, montage_cases=0)
         table.append(row_summary(label, result.summary, seconds))
         print(markdown(table[-1:]).splitlines()[-1], flush=True)
