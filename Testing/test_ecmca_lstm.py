@@ -237,6 +237,36 @@ def test_ecmca_task_mask_gradient_can_be_detached():
         assert (mask.grad is None) == detach
 
 
+def landmark_dice_along_w(label_sigmas, shift_w: float) -> tuple[float, float]:
+    """Dice term, and its derivative in a uniform shift ``u_W = shift_w`` (voxels), for a 2³ landmark that sits
+    6 voxels further along W in the moving label than in the fixed one (the true shift is +6)."""
+    size = (16, 16, 24)
+    fixed = box(size, (7, 7, 6), (9, 9, 8))[None, None]
+    moving = box(size, (7, 7, 12), (9, 9, 14))[None, None]
+    shift = torch.tensor(float(shift_w), requires_grad=True)
+    ddf = torch.zeros(1, 3, *size)
+    ddf = ddf + torch.stack([torch.zeros(()), torch.zeros(()), shift])[None, :, None, None, None]
+    dice = ECMCALoss(label_sigmas=label_sigmas).label_dice(warp(moving, ddf), fixed)[0].mean()
+    dice.backward()
+    return dice.item(), shift.grad.item()
+
+
+def test_multi_scale_label_dice_pulls_a_disjoint_landmark_towards_its_partner():
+    plain, plain_slope = landmark_dice_along_w((0,), 0.0)
+    assert plain == pytest.approx(1.0, abs=1e-6) and plain_slope == pytest.approx(0.0, abs=1e-6)
+    values = [landmark_dice_along_w((0, 1, 2, 4), shift) for shift in (0.0, 2.0, 4.0, 6.0)]
+    assert values[0][1] < 0.0  # growing the shift towards the truth lowers the loss
+    assert [value for value, _ in values] == sorted((value for value, _ in values), reverse=True)
+    assert landmark_dice_along_w((0, 1, 2, 4), 6.0)[0] < landmark_dice_along_w((0, 1, 2, 4), 8.0)[0]
+
+
+def test_label_sigmas_must_be_non_negative():
+    with pytest.raises(ValueError, match="label_sigmas"):
+        ECMCALoss(label_sigmas=(0, -1))
+    with pytest.raises(ValueError, match="label_sigmas"):
+        ECMCALoss(label_sigmas=())
+
+
 # ------------------------------------------------------------------------------------------------------------
 # DualIntraModalLoss
 # ------------------------------------------------------------------------------------------------------------
