@@ -409,7 +409,8 @@ def packaging_problems(repo: Path) -> list:
     expected = {str(module_dir / "MRITRUSFusion.py"): "MRITRUSFusion.py"}
     for pattern in ("*.py", "*.yaml", "*.json", "*.pt"):
         expected.update({path: os.path.relpath(path, repo) for path in _files(library, pattern)})
-    expected.update({path: os.path.relpath(path, repo) for path in _files(repo / "Resources" / "Models", "*.pt")})
+    for pattern in ("*.pt", "*.json"):
+        expected.update({path: os.path.relpath(path, repo) for path in _files(repo / "Resources" / "Models", pattern)})
     for source, place in sorted(expected.items()):
         if source not in packaged:
             problems.append(f"{os.path.relpath(source, repo)} is not packaged")

@@ -6,9 +6,10 @@
 * ``auto``: the chain :data:`AUTO_CHAIN`, each stage starting from the previous one. A stage is the first
   runnable of its alternatives: ``gland`` is the classical gland-driven pre-alignment, ``gland-affine`` on the
   given masks or, without masks, ``gland-rigid`` on glands predicted by the ``gland-trus`` and ``gland-mri``
-  models (:data:`GLAND_PREALIGNMENT`), which gives way to the next alternative when the predicted glands
-  cannot be the same organ (:func:`implausible_glands`); learned names need their weights. Stages with no
-  runnable alternative are skipped; with nothing runnable, the classical image-only B-spline.
+  models (:data:`GLAND_PREALIGNMENT`) followed by the population gland strain (:mod:`.gland_strain`, when
+  its model is installed), which gives way to the next alternative when the predicted glands cannot be the
+  same organ (:func:`implausible_glands`); learned names need their weights. Stages with no runnable
+  alternative are skipped; with nothing runnable, the classical image-only B-spline.
 
 Every method returns one transform mapping a TRUS point to an MRI point (LPS mm); learned chains return
 one flat ``CompositeTransform`` (write it as ``.h5``).
@@ -26,6 +27,7 @@ from ..errors import InputError
 from ..metrics.overlap import volume_ml
 from .classical import METHODS as CLASSICAL_METHODS
 from .classical import register_classical
+from .gland_strain import default_gland_strain
 from .learned.models import REGISTRATION_MODELS, available_methods
 
 log = logging.getLogger("MRITRUSFusionLib")
@@ -101,8 +103,10 @@ def implausible_glands(fixed_mask: sitk.Image, moving_mask: sitk.Image) -> Optio
 def gland_prealignment(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
                        moving_mask: Optional[sitk.Image] = None, device: str = "auto") -> Optional[sitk.Transform]:
     """``auto``'s ``gland`` stage: the classical gland-driven pre-alignment of :data:`GLAND_PREALIGNMENT`, on the
-    given masks (both) or on glands predicted by the gland models (neither). None, with a warning, when the
-    predicted glands are implausible (:func:`implausible_glands`); the user's masks are always used."""
+    given masks (both) or on glands predicted by the gland models (neither); on predicted glands the rigid is
+    followed by the population gland strain when its model is installed (:mod:`.gland_strain`). None, with a
+    warning, when the predicted glands are implausible (:func:`implausible_glands`); the user's masks are always
+    used."""
     source = "given" if fixed_mask is not None else "predicted"
     if fixed_mask is None:
         fixed_mask, moving_mask = predicted_glands(fixed, moving, device)
@@ -111,7 +115,9 @@ def gland_prealignment(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Option
             log.warning("warning: auto: %s; not pre-aligning on them", problem)
             return None
     method = GLAND_PREALIGNMENT[source].removeprefix("gland-")
-    return register_classical(fixed, moving, method, fixed_mask, moving_mask)
+    transform = register_classical(fixed, moving, method, fixed_mask, moving_mask)
+    strain = default_gland_strain() if source == "predicted" else None
+    return strain.after(transform, fixed_mask) if strain is not None else transform
 
 
 def _run_auto(fixed: sitk.Image, moving: sitk.Image, fixed_mask: Optional[sitk.Image],

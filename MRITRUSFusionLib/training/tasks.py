@@ -20,6 +20,7 @@ from ..losses.dice_focal import PooledDiceFocalLoss
 from ..memory_format import as_channels_last, batch_to
 from ..segmentation.checkpoints import make_checkpoint
 from ..segmentation.models import MODELS as SEGMENTATION_MODELS
+from ..registration.gland_strain import MODEL_NAME as GLAND_STRAIN
 from ..registration.learned.models import REGISTRATION_MODELS
 from ..segmentation.models import ModelSpec, model_spec
 from .attention_reg_task import AttentionRegTask
@@ -40,7 +41,7 @@ def register_task(name: str, factory: Callable) -> None:
 
 def known_models() -> list[str]:
     """Every model name a config may train."""
-    return sorted(set(SEGMENTATION_MODELS) | set(REGISTRATION_MODELS) | set(_TASKS))
+    return sorted(set(SEGMENTATION_MODELS) | set(REGISTRATION_MODELS) | set(_TASKS) | {GLAND_STRAIN})
 
 
 def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:

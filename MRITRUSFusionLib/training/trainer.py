@@ -35,7 +35,7 @@ from .phases import Phase, apply_phase, check_phases, phase_at, plan_phases
 from .sources import DataSource
 from .state import (RunProgress, inference_checkpoint, read_training_checkpoint, restore, save,
                     training_checkpoint)
-from .tasks import Task, is_better, task_for
+from .tasks import GLAND_STRAIN, Task, is_better, task_for
 
 log = logging.getLogger("MRITRUSFusionLib.training")
 
@@ -252,8 +252,11 @@ def train(config: TrainingConfig | dict | str | os.PathLike, out: Optional[str |
         config = config.model_copy(update={"device": device})
     check_data_paths(config.data)
     check_model_name(config)
-    task = task_for(config)
     target = Path(out) if out is not None else config.output
+    if config.model.name == GLAND_STRAIN:  # a closed-form fit, no optimiser loop
+        from .gland_strain_fit import train_gland_strain
+        return train_gland_strain(config, target)
+    task = task_for(config)
     run_dir = config.resolved_run_dir(target)
     resume_path = _resume_path(resume, run_dir)
     checkpoint = (read_training_checkpoint(resume_path, config.model.name, config.model_dump(mode="json"))
