@@ -380,8 +380,8 @@ def _registration_parsers(sub) -> None:
                    help="rigid, affine or bspline (classical, each includes the ones before; gland-driven with "
                         "masks), attention-reg, vit-affine, ecmca-lstm, localnet, globalnet (learned); auto = "
                         "gland-driven pre-alignment (affine on the given masks; without masks, rigid on the "
-                        "glands the gland-trus/gland-mri models predict, or globalnet when those glands are "
-                        "implausible) then ecmca-lstm, stages without weights skipped; nothing runnable: "
+                        "glands the gland-trus/gland-mri models predict plus the population gland strain, or "
+                        "globalnet when those glands are implausible) then ecmca-lstm, stages without weights skipped; nothing runnable: "
                         "bspline")
     p.add_argument("--weights", help="checkpoint of a learned method")
     p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")

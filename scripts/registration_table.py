@@ -6,8 +6,8 @@ evaluation suite scores them. Prints the README's Markdown table and writes ``OU
 
 Rows: identity; classical rigid/affine/bspline image-only, gland-driven on the glands predicted by the bundled
 ``gland-trus``/``gland-mri`` models (still image-only: no mask is read; the time includes the segmentation), and
-gland-driven with the true masks (an upper reference: it reads the labels); each learned method with weights;
-``auto``. ``--rows`` picks some; ``ROW + METHOD [+ METHOD ...]`` chains learned methods after a row, each
+gland-driven with the true masks (an upper reference: it reads the labels); the predicted-gland rigid followed by
+the bundled population gland strain (``auto``'s first stage); each learned method with weights; ``auto``. ``--rows`` picks some; ``ROW + METHOD [+ METHOD ...]`` chains learned methods after a row, each
 starting from the previous transform, e.g. ``"rigid (gland-driven with predicted glands) + vit-affine"``.
 Columns: gland Dice (median over cases), HD95 (mm, median), landmark TRE (mm, median and mean over all
 landmarks), RDSC/RTRE (μ-RegPro robust means over the best 68 % of cases), folding fraction (mean over cases,
@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from MRITRUSFusionLib.evaluation.registration import evaluate_registration_dataset
 from MRITRUSFusionLib.io import open_dataset, read_label_channels, read_volume, write_transform
+from MRITRUSFusionLib.registration.gland_strain import default_gland_strain
 from MRITRUSFusionLib.registration.learned.models import available_methods
 from MRITRUSFusionLib.registration.methods import gland_models_present, predicted_glands, register
 from MRITRUSFusionLib.training.case_names import select
@@ -36,12 +37,17 @@ MASK_SOURCES = {"image-only": "none", "gland-driven with predicted glands": "pre
                 "gland-driven with true masks": "true"}
 CLASSICAL_ROWS = {f"{method} ({mode})": (method, source)
                   for mode, source in MASK_SOURCES.items() for method in ("rigid", "affine", "bspline")}
+#: auto's gland stage on its own: the predicted-gland rigid followed by the population gland strain
+RIGID_WITH_STRAIN = "rigid-with-gland-strain"
+STRAIN_ROW = "rigid with gland strain (gland-driven with predicted glands)"
 
 
 def default_rows() -> dict[str, tuple[str, str]]:
     """Row label -> (method, mask source: none, predicted or true) for every method runnable here."""
     learned = {name: (name, "none") for name in ["attention-reg", *available_methods(), "auto"]}
     classical = {label: row for label, row in CLASSICAL_ROWS.items() if row[1] != "predicted" or gland_models_present()}
+    if gland_models_present() and default_gland_strain() is not None:
+        classical[STRAIN_ROW] = (RIGID_WITH_STRAIN, "predicted")
     return {"identity": ("identity", "none"), **classical, **learned}
 
 
@@ -79,8 +85,12 @@ def register_case(case, method: str, source: str, masks: GlandMasks, folder: Pat
     fixed, moving = read_volume(case.fixed_image), read_volume(case.moving_image)
     fixed_mask, moving_mask, mask_seconds = masks(case, source, fixed, moving)
     start = time.perf_counter()
-    transform = (sitk.Transform(3, sitk.sitkIdentity) if method == "identity"
-                 else register(fixed, moving, method, fixed_mask, moving_mask, device="cpu"))
+    if method == "identity":
+        transform = sitk.Transform(3, sitk.sitkIdentity)
+    elif method == RIGID_WITH_STRAIN:
+        transform = default_gland_strain().after(register(fixed, moving, "rigid", fixed_mask, moving_mask), fixed_mask)
+    else:
+        transform = register(fixed, moving, method, fixed_mask, moving_mask, device="cpu")
     for stage in then:
         transform = register(fixed, moving, stage, device="cpu", initial=transform)
     seconds = time.perf_counter() - start + mask_seconds

@@ -159,7 +159,8 @@ class FileDataSection(Section):
     #: Registration models only: pre-align each MRI before training (a deformable model then learns the
     #: residual): ``gland-affine`` = the classical gland-driven affine on the true masks; ``auto-gland`` = what
     #: ``--method auto`` runs before its learned stage when the user has no masks (gland-driven rigid on glands
-    #: predicted by the bundled gland models; see ``registration.methods.gland_prealignment``).
+    #: predicted by the bundled gland models, then the bundled gland strain; see
+    #: ``registration.methods.gland_prealignment``).
     prealign: Literal["none", "gland-affine", "auto-gland"] = "none"
 
     @field_validator("held_out", "cases", "validation_cases")
