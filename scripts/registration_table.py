@@ -7,11 +7,13 @@ evaluation suite scores them. Prints the README's Markdown table and writes ``OU
 Rows: identity; classical rigid/affine/bspline image-only, gland-driven on the glands predicted by the bundled
 ``gland-trus``/``gland-mri`` models (still image-only: no mask is read; the time includes the segmentation), and
 gland-driven with the true masks (an upper reference: it reads the labels); the predicted-gland rigid followed by
-the bundled population gland strain (``auto``'s first stage); each learned method with weights; ``auto``. ``--rows`` picks some; ``ROW + METHOD [+ METHOD ...]`` chains learned methods after a row, each
-starting from the previous transform, e.g. ``"rigid (gland-driven with predicted glands) + vit-affine"``.
+the bundled population gland strain (``auto``'s first stage); each learned method with weights; ``auto``.
+``--rows`` picks some; ``ROW + METHOD [+ METHOD ...]`` chains learned methods after a row, each starting from
+the previous transform, e.g. ``"rigid (gland-driven with predicted glands) + vit-affine"``.
 Columns: gland Dice (median over cases), HD95 (mm, median), landmark TRE (mm, median and mean over all
 landmarks), RDSC/RTRE (μ-RegPro robust means over the best 68 % of cases), folding fraction (mean over cases,
-deformable transforms only) and registration time per case (s, mean).
+deformable transforms only) and registration time per case (s, mean). ``--paired-against ROW`` adds a
+landmark-by-landmark comparison of every row with ``ROW`` (landmarks improved, median/mean change, sign test).
 """
 
 from __future__ import annotations
@@ -108,6 +110,30 @@ def row_summary(label: str, summary: dict, seconds: list[float]) -> dict:
             "seconds": float(np.mean(seconds))}
 
 
+def landmark_tre(result) -> np.ndarray:
+    """Per-landmark TRE (mm) after registration, in the evaluation's (case, landmark) order."""
+    return np.array([row["tre_after_mm"] for row in result.landmark_rows])
+
+
+def paired_markdown(reference: str, results: dict) -> str:
+    """Each row's per-landmark TRE against row ``reference``'s on the same landmarks: how many it improves, the
+    median and mean paired change (mm), and the two-sided sign-test p-value (SciPy's ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    base = landmark_tre(results[reference])
+    lines = [f"| method, against {reference} | landmarks improved | median change (mm) | mean change (mm) | sign test p |",
+             "|---|---|---|---|---|"]
+    for label, result in results.items():
+        if label == reference:
+            continue
+        change = landmark_tre(result) - base
+        better, worse = int((change < 0).sum()), int((change > 0).sum())
+        p_value = binomtest(better, better + worse).pvalue if better + worse else float("nan")
+        lines.append(f"| {label} | {better} / {len(change)} | {np.median(change):+.2f} | {change.mean():+.2f} | "
+                     f"{p_value:.2g} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| method | gland Dice | HD95 (mm) | median TRE (mm) | mean TRE (mm) | RDSC | RTRE (mm) | folding | time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -125,18 +151,23 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for transforms and table.csv")
     parser.add_argument("--rows", help="comma-separated row labels, each optionally followed by ' + METHOD' "
                                        "chains (default: every runnable method)")
+    parser.add_argument("--paired-against", metavar="ROW",
+                        help="also compare every row's per-landmark TRE with this row's (one of --rows)")
     args = parser.parse_args()
     rows_available = default_rows()
     labels = args.rows.split(",") if args.rows else list(rows_available)
     cases_by_name = {case.name: case for case in open_dataset(args.dataset)}
     names = select(list(cases_by_name), [args.cases.replace("..", "-")])
-    table, masks = [], GlandMasks()
+    if args.paired_against and args.paired_against not in labels:
+        raise SystemExit(f"--paired-against: {args.paired_against!r} is not one of the rows")
+    table, masks, results = [], GlandMasks(), {}
     for label in labels:
         method, source, then = chained_row(label, rows_available)
         folder = Path(args.out) / label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         folder.mkdir(parents=True, exist_ok=True)
         seconds = [register_case(cases_by_name[name], method, source, masks, folder, then) for name in names]
-        result = evaluate_registration_dataset(args.dataset, folder, case_names=names, montage_cases=0)
+        result = results[label] = evaluate_registration_dataset(args.dataset, folder, case_names=names,
+                                                                 montage_cases=0)
         table.append(row_summary(label, result.summary, seconds))
         print(markdown(table[-1:]).splitlines()[-1], flush=True)
     with open(Path(args.out) / "table.csv", "w", newline="") as handle:
@@ -145,6 +176,8 @@ def main() -> None:
         writer.writerows(table)
     print(f"\n{len(names)} cases ({names[0]}..{names[-1]})\n")
     print(markdown(table))
+    if args.paired_against:
+        print(f"\n{paired_markdown(args.paired_against, results)}")
 
 
 if __name__ == "__main__":
