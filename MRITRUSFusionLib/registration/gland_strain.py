@@ -22,7 +22,6 @@ Files are JSON (``{"model": "gland-strain", "log_strain": 3×3, ...}``), small e
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +32,8 @@ import SimpleITK as sitk
 from scipy.linalg import expm, logm
 
 from ..errors import InputError
-from ..metrics.landmarks import centroid_mm, landmark_tre_mm
+from ..metrics.landmarks import centroid_mm
 from .classical import register_classical
-
-log = logging.getLogger("MRITRUSFusionLib")
 
 MODEL_NAME = "gland-strain"
 #: File name of the bundled model (found by :func:`MRITRUSFusionLib.segmentation.models.locate_weights`).
@@ -156,9 +153,3 @@ def default_gland_strain() -> Optional[GlandStrain]:
     path = locate_weights(WEIGHTS_FILE)
     return GlandStrain.load(path) if path.is_file() else None
 
-
-def strain_tre_mm(strain: GlandStrain, rigid: sitk.Transform, fixed_mask: sitk.Image,
-                  fixed_landmarks: list[sitk.Image], moving_landmarks: list[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
-    """Landmark TREs (mm) of one pair after ``rigid`` and after ``rigid ∘ strain`` (about ``fixed_mask``)."""
-    return (landmark_tre_mm(fixed_landmarks, moving_landmarks, rigid),
-            landmark_tre_mm(fixed_landmarks, moving_landmarks, strain.after(rigid, fixed_mask)))

@@ -18,7 +18,8 @@ from ..errors import InputError
 from ..io import read_label_channels, read_volume
 from ..progress import stage
 from ..registration.classical import register_classical
-from ..registration.gland_strain import GlandStrain, fit_gland_strain, strain_tre_mm
+from ..metrics.landmarks import landmark_tre_mm
+from ..registration.gland_strain import GlandStrain, fit_gland_strain
 from .data_config import FileDataSection
 from .file_data import list_cases
 
@@ -62,9 +63,8 @@ def validate_gland_strain(strain: GlandStrain, cases) -> dict:
             rigid = register_classical(fixed, moving, "rigid", fixed_mask, moving_mask)
             fixed_labels = read_label_channels(case.fixed_label)[1:]
             moving_labels = read_label_channels(case.moving_label)[1:]
-            tre_rigid, tre_strain = strain_tre_mm(strain, rigid, fixed_mask, fixed_labels, moving_labels)
-            before.extend(tre_rigid)
-            after.extend(tre_strain)
+            before.extend(landmark_tre_mm(fixed_labels, moving_labels, rigid))
+            after.extend(landmark_tre_mm(fixed_labels, moving_labels, strain.after(rigid, fixed_mask)))
     report = {"glands": source, "cases": len(cases) - len(skipped), "skipped_implausible_glands": skipped,
               "landmarks": len(before)}
     if before:
