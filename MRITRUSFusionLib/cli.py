@@ -381,8 +381,8 @@ def _registration_parsers(sub) -> None:
                         "masks), attention-reg, vit-affine, ecmca-lstm, localnet, globalnet (learned); auto = "
                         "gland-driven pre-alignment (affine on the given masks; without masks, rigid on the "
                         "glands the gland-trus/gland-mri models predict plus the population gland strain, or "
-                        "globalnet when those glands are implausible) then ecmca-lstm, stages without weights skipped; nothing runnable: "
-                        "bspline")
+                        "globalnet when those glands are implausible) then ecmca-lstm, stages without weights "
+                        "skipped; nothing runnable: bspline")
     p.add_argument("--weights", help="checkpoint of a learned method")
     p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")
     p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid")

@@ -11,10 +11,11 @@ from MRITRUSFusionLib.errors import InputError
 from MRITRUSFusionLib.registration.learned import attention_reg_infer as infer
 from MRITRUSFusionLib.registration.learned.attention_reg import AttentionReg
 from MRITRUSFusionLib.registration.learned.attention_reg_data import (
-    apply_correction, default_sample_root, image_centre_mm, linear_matrix, make_pair, perturbed_start,
+    apply_correction, default_sample_root, image_centre_mm, make_pair, perturbed_start,
     random_rigid_params, RegistrationSource, sample_case_images, load_sample_case, scale_to_sre,
     params_sre_mm)
 from MRITRUSFusionLib.registration.learned.attention_reg_infer import register_attention_reg
+from MRITRUSFusionLib.registration.linear import linear_matrix
 from MRITRUSFusionLib.registration.learned.spatial import euler_to_rigid_params, rigid_params_to_euler
 from MRITRUSFusionLib.segmentation.checkpoints import make_checkpoint, save_checkpoint
 

@@ -19,11 +19,11 @@ import yaml
 
 from MRITRUSFusionLib.cli import main
 from MRITRUSFusionLib.errors import InputError
-from MRITRUSFusionLib.registration.learned.attention_reg_data import (default_sample_root, linear_matrix,
-                                                                      load_sample_case, phantom_sources,
-                                                                      sample_case_images)
+from MRITRUSFusionLib.registration.learned.attention_reg_data import (default_sample_root, load_sample_case,
+                                                                      phantom_sources, sample_case_images)
 from MRITRUSFusionLib.registration.learned.attention_reg_infer import (default_weights_path, load_attention_reg,
                                                                        register_attention_reg)
+from MRITRUSFusionLib.registration.linear import linear_matrix
 from MRITRUSFusionLib.training import config_from_dict, load_config, train
 from MRITRUSFusionLib.training.attention_reg_task import AttentionRegBatches
 from MRITRUSFusionLib.training.optim import lr_factor

@@ -34,6 +34,7 @@ from scipy.linalg import expm, logm
 from ..errors import InputError
 from ..metrics.landmarks import centroid_mm
 from .classical import register_classical
+from .linear import flatten_linear, linear_matrix, matrix_to_affine
 
 MODEL_NAME = "gland-strain"
 #: File name of the bundled model (found by :func:`MRITRUSFusionLib.segmentation.models.locate_weights`).
@@ -41,32 +42,11 @@ WEIGHTS_FILE = "gland-strain.json"
 FORMAT_VERSION = 1
 
 
-def homogeneous(transform: sitk.Transform) -> np.ndarray:
-    """4×4 matrix (LPS mm) of a linear ``transform`` (affine, Euler, similarity: anything with matrix, centre and
-    translation): ``T(x) = M(x - c) + c + t``."""
-    linear = transform.Downcast() if hasattr(transform, "Downcast") else transform
-    matrix = np.array(linear.GetMatrix(), dtype=float).reshape(3, 3)
-    centre, translation = np.array(linear.GetCenter()), np.array(linear.GetTranslation())
-    result = np.eye(4)
-    result[:3, :3] = matrix
-    result[:3, 3] = translation + centre - matrix @ centre
-    return result
-
-
-def affine_from_homogeneous(matrix: np.ndarray, centre_mm: np.ndarray) -> sitk.AffineTransform:
-    """The :class:`sitk.AffineTransform` of a 4×4 matrix (LPS mm), with its centre at ``centre_mm``."""
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter([float(v) for v in centre_mm])
-    affine.SetMatrix(matrix[:3, :3].ravel().tolist())
-    affine.SetTranslation((matrix[:3, :3] @ centre_mm + matrix[:3, 3] - centre_mm).tolist())
-    return affine
-
-
 def residual_log(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, moving_mask: sitk.Image) -> np.ndarray:
     """``log L`` (3×3, LPS) of one pair: ``L`` the linear part of ``R⁻¹∘A``, the gland-driven rigid ``R`` and
     affine ``A`` on the given masks (TRUS ``fixed``, MRI ``moving``)."""
-    rigid = homogeneous(register_classical(fixed, moving, "rigid", fixed_mask, moving_mask))
-    affine = homogeneous(register_classical(fixed, moving, "affine", fixed_mask, moving_mask))
+    rigid = linear_matrix(register_classical(fixed, moving, "rigid", fixed_mask, moving_mask))
+    affine = linear_matrix(register_classical(fixed, moving, "affine", fixed_mask, moving_mask))
     linear = (np.linalg.inv(rigid) @ affine)[:3, :3]
     if np.linalg.det(linear) <= 0:
         raise InputError("gland-strain: the affine fit flips the gland (determinant <= 0); check the masks")
@@ -99,12 +79,11 @@ class GlandStrain:
         matrix = np.eye(4)
         matrix[:3, :3] = self.matrix
         matrix[:3, 3] = centre - self.matrix @ centre
-        return affine_from_homogeneous(matrix, centre)
+        return matrix_to_affine(matrix)
 
     def after(self, rigid: sitk.Transform, fixed_mask: sitk.Image) -> sitk.AffineTransform:
         """``rigid ∘ strain`` about the centroid of the TRUS gland ``fixed_mask``: one affine, TRUS → MRI."""
-        centre = centroid_mm(fixed_mask)
-        return affine_from_homogeneous(homogeneous(rigid) @ homogeneous(self.about(centre)), centre)
+        return flatten_linear(rigid, self.about(centroid_mm(fixed_mask)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as JSON to ``path``; returns the path."""

@@ -26,20 +26,22 @@ from .file_data import list_cases
 log = logging.getLogger("MRITRUSFusionLib.training")
 
 
-def _pair(case) -> tuple:
-    """(TRUS, MRI, TRUS gland, MRI gland) of a case, the glands from channel 0 of its label files."""
+def _read_case(case) -> tuple:
+    """(TRUS, MRI, TRUS label channels, MRI label channels) of a case; channel 0 is the gland, 1.. landmarks."""
     if case.fixed_label is None or case.moving_label is None:
         raise InputError(f"case {case.name}: gland-strain needs both label files (fixed and moving)")
     return (read_volume(case.fixed_image, name=f"{case.name} fixed image"),
             read_volume(case.moving_image, name=f"{case.name} moving image"),
-            read_label_channels(case.fixed_label, name=f"{case.name} fixed label")[0],
-            read_label_channels(case.moving_label, name=f"{case.name} moving label")[0])
+            read_label_channels(case.fixed_label, name=f"{case.name} fixed label"),
+            read_label_channels(case.moving_label, name=f"{case.name} moving label"))
 
 
 def _training_pairs(cases):
+    """(TRUS, MRI, TRUS gland, MRI gland) of each training case, with a progress bar."""
     with stage("fit gland strain", total=len(cases)) as bar:
         for case in cases:
-            yield _pair(case)
+            fixed, moving, fixed_labels, moving_labels = _read_case(case)
+            yield fixed, moving, fixed_labels[0], moving_labels[0]
             bar.advance(message=case.name)
 
 
@@ -54,17 +56,16 @@ def validate_gland_strain(strain: GlandStrain, cases) -> dict:
     with stage("validate gland strain", total=len(cases)) as bar:
         for case in cases:
             bar.advance(message=case.name)
-            fixed, moving, fixed_mask, moving_mask = _pair(case)
+            fixed, moving, fixed_labels, moving_labels = _read_case(case)
+            fixed_mask, moving_mask = fixed_labels[0], moving_labels[0]
             if source == "predicted":
                 fixed_mask, moving_mask = predicted_glands(fixed, moving, device="cpu")
                 if implausible_glands(fixed_mask, moving_mask):  # auto pre-aligns otherwise: no strain
                     skipped.append(case.name)
                     continue
             rigid = register_classical(fixed, moving, "rigid", fixed_mask, moving_mask)
-            fixed_labels = read_label_channels(case.fixed_label)[1:]
-            moving_labels = read_label_channels(case.moving_label)[1:]
-            before.extend(landmark_tre_mm(fixed_labels, moving_labels, rigid))
-            after.extend(landmark_tre_mm(fixed_labels, moving_labels, strain.after(rigid, fixed_mask)))
+            before.extend(landmark_tre_mm(fixed_labels[1:], moving_labels[1:], rigid))
+            after.extend(landmark_tre_mm(fixed_labels[1:], moving_labels[1:], strain.after(rigid, fixed_mask)))
     report = {"glands": source, "cases": len(cases) - len(skipped), "skipped_implausible_glands": skipped,
               "landmarks": len(before)}
     if before:

@@ -50,6 +50,7 @@ import torch
 
 from ...errors import InputError
 from ...training.data_config import ATTENTION_REG_SAMPLE_SPLITS
+from ..linear import flatten_linear, matrix_to_affine
 from .spatial import rigid_params_to_euler, rigid_params_to_matrix
 
 #: Sample split of the authors' folder (``init{k}`` sub-folders).
@@ -111,12 +112,6 @@ def load_sample_case(index: int, root: Optional[os.PathLike] = None) -> SampleCa
         raise InputError(f"attention-reg sample case {index}: unexpected shapes {mr.shape}, {us.shape}, "
                          f"{init.shape}, {gt.shape}")
     return SampleCase(index, mr, us, gt, init)
-
-
-def matrix_to_affine(matrix: np.ndarray) -> sitk.AffineTransform:
-    """A 4×4 homogeneous matrix as a SimpleITK ``AffineTransform`` (``x -> M[:3,:3] x + M[:3,3]``)."""
-    matrix = np.asarray(matrix, dtype=float)
-    return sitk.AffineTransform(matrix[:3, :3].ravel().tolist(), matrix[:3, 3].tolist(), (0.0, 0.0, 0.0))
 
 
 def _patch_image(array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
@@ -264,21 +259,6 @@ def apply_correction(current: sitk.Transform, params: np.ndarray, centre_mm: Seq
     composite.AddTransform(current)
     composite.AddTransform(delta)
     return composite
-
-
-def linear_matrix(transform: sitk.Transform) -> np.ndarray:
-    """4×4 homogeneous matrix of a linear SimpleITK transform, read through its action on points."""
-    offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
-    matrix = np.eye(4)
-    for column, axis in enumerate(np.eye(3)):
-        matrix[:3, column] = np.asarray(transform.TransformPoint(tuple(axis))) - offset
-    matrix[:3, 3] = offset
-    return matrix
-
-
-def flatten_linear(first: sitk.Transform, second: sitk.Transform) -> sitk.AffineTransform:
-    """The ``AffineTransform`` of ``x -> first(second(x))`` for two linear transforms."""
-    return matrix_to_affine(linear_matrix(first) @ linear_matrix(second))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def register_attention_reg(fixed: sitk.Image, moving: sitk.Image, initial: Optio
     centre = _mask_centroid(fixed_mask) if fixed_mask is not None else image_centre_mm(fixed)
     current = _as_linear(initial)
     if current.IsLinear():
-        from .attention_reg_data import linear_matrix, matrix_to_affine
+        from ..linear import linear_matrix, matrix_to_affine
         current = matrix_to_affine(linear_matrix(current))
 
     def run(on: torch.device) -> sitk.Transform:
