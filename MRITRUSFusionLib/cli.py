@@ -109,24 +109,25 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"{args.cases} phantom case(s) in {Path(args.out).resolve()} (DeepReg paired layout)")
 
 
-def _linear_method(method: str) -> bool:
-    """Whether ``method`` returns a linear transform (written as .tfm/.txt; others need .h5)."""
-    from .registration.classical import METHODS
-    from .registration.learned.models import REGISTRATION_MODELS
-
-    spec = REGISTRATION_MODELS.get(method)
-    return method in METHODS[:2] or method == "attention-reg" or (spec is not None and spec.kind == "affine")
-
-
 def cmd_register(args: argparse.Namespace) -> None:
+    from .registration.methods import check_method
+
+    check_method(args.method, args.weights)
+    if args.dataset:
+        _register_dataset(args)
+    else:
+        _register_pair(args)
+
+
+def _register_pair(args: argparse.Namespace) -> None:
     from .io import write_transform, write_volume
-    from .registration.methods import method_names, register
+    from .registration.methods import register, returns_linear
     from .registration.warp import warp_image
 
-    if args.method not in method_names():
-        raise InputError(f"--method {args.method}: unknown method (available: {', '.join(method_names())})")
+    _require(args, "--fixed", "--moving")
+    _refuse(args, "--split", "--cases", "--gland-masks", "--batch-size")
     _check_outputs(args.overwrite, args.transform_out, args.warped_out)
-    if not _linear_method(args.method) and Path(args.transform_out).suffix.lower() != ".h5":
+    if not returns_linear(args.method) and Path(args.transform_out).suffix.lower() != ".h5":
         raise InputError(f"--transform-out {args.transform_out}: method '{args.method}' can return a deformation; "
                          "write it as .h5")
     if (args.fixed_mask is None) != (args.moving_mask is None):
@@ -139,6 +140,27 @@ def cmd_register(args: argparse.Namespace) -> None:
     write_transform(transform, args.transform_out, overwrite=args.overwrite)
     if warped is not None:
         write_volume(warped, args.warped_out, overwrite=args.overwrite)
+
+
+def _register_dataset(args: argparse.Namespace) -> None:
+    from .evaluation.predictions import select_cases
+    from .io import open_dataset
+    from .registration.dataset import register_dataset
+
+    _refuse(args, "--fixed", "--moving", "--fixed-mask", "--moving-mask")
+    for option, path in (("--transform-out", args.transform_out), ("--warped-out", args.warped_out)):
+        if path and Path(path).is_file():
+            raise InputError(f"{option} {path}: is a file; with --dataset it is a folder (one file per case)")
+    cases = select_cases(open_dataset(args.dataset, args.split), _case_names(args.cases), args.dataset)
+    result = register_dataset(cases, args.method, args.transform_out, gland_masks=args.gland_masks,
+                              weights=args.weights, device=args.device, batch_size=args.batch_size,
+                              warped_out=args.warped_out, overwrite=args.overwrite)
+    print(json.dumps({"transforms": str(Path(args.transform_out).resolve()), "registered": len(result.written),
+                      "failed": result.failed}))
+    if result.failed:
+        named = "; ".join(f"{name}: {reason}" for name, reason in list(result.failed.items())[:3])
+        raise InputError(f"register --dataset: {len(result.failed)} of {len(cases)} case(s) failed ({named}"
+                         f"{' ...' if len(result.failed) > 3 else ''}); the others are in {args.transform_out}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -231,6 +253,13 @@ def _require(args: argparse.Namespace, *options: str) -> None:
     for option in options:
         if getattr(args, option.lstrip("-").replace("-", "_")) is None:
             raise InputError(f"{option}: required {'with --dataset' if args.dataset else 'for one case'}")
+
+
+def _refuse(args: argparse.Namespace, *options: str) -> None:
+    """Options that have no meaning in the chosen mode (per case or whole dataset), named as the user types them."""
+    for option in options:
+        if getattr(args, option.lstrip("-").replace("-", "_")) not in (None, False):
+            raise InputError(f"{option}: {'not used with --dataset' if args.dataset else 'only with --dataset'}")
 
 
 def _write_dataset_result(result, out: str, overwrite: bool) -> None:
@@ -371,9 +400,10 @@ def _demo_parser(sub) -> None:
 
 
 def _registration_parsers(sub) -> None:
-    p = _command(sub, "register", cmd_register, "register MRI (moving) onto TRUS (fixed)")
-    p.add_argument("--fixed", required=True, help="TRUS volume")
-    p.add_argument("--moving", required=True, help="MRI volume")
+    p = _command(sub, "register", cmd_register, "register MRI (moving) onto TRUS (fixed): one pair, or every case "
+                 "of a dataset (--dataset)")
+    p.add_argument("--fixed", help="TRUS volume")
+    p.add_argument("--moving", help="MRI volume")
     p.add_argument("--fixed-mask", help="TRUS gland mask (with --moving-mask: gland-driven)")
     p.add_argument("--moving-mask", help="MRI gland mask")
     p.add_argument("--method", default="auto",
@@ -384,8 +414,19 @@ def _registration_parsers(sub) -> None:
                         "globalnet when those glands are implausible) then ecmca-lstm, stages without weights "
                         "skipped; nothing runnable: bspline")
     p.add_argument("--weights", help="checkpoint of a learned method")
-    p.add_argument("--transform-out", required=True, help="ITK transform, TRUS point -> MRI point (.tfm/.h5)")
-    p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid")
+    p.add_argument("--transform-out", required=True,
+                   help="ITK transform, TRUS point -> MRI point (.tfm/.h5); with --dataset a folder of "
+                        "CASE.tfm (linear methods) or CASE.h5, as evaluate registration --predictions reads")
+    p.add_argument("--warped-out", help="MRI resampled onto the TRUS grid; with --dataset a folder of CASE.nii.gz")
+    p.add_argument("--dataset", help="DeepReg/μ-RegPro folder or CSV manifest: register every case (TRUS fixed, "
+                                     "MRI moving); a failed case is reported and the others go on")
+    p.add_argument("--split", help="with --dataset: μ-RegPro split (train, val, holdout)")
+    p.add_argument("--cases", help="with --dataset: case names to keep, FIRST..LAST (e.g. obs080..obs107) or a,b,c")
+    p.add_argument("--gland-masks", action="store_true",
+                   help="with --dataset: gland-driven, on channel 0 (the gland) of each case's TRUS and MRI label "
+                        "files; default image-only")
+    p.add_argument("--batch-size", type=int,
+                   help="with --dataset: cases per network batch of a learned model (default 4)")
     _add_device(p)
 
     p = _command(sub, "warp", cmd_warp, "resample an MRI-space image onto a reference grid through a transform")

@@ -56,6 +56,20 @@ def method_names() -> list[str]:
     return ["auto", *CLASSICAL_METHODS, ATTENTION_REG, *sorted(REGISTRATION_MODELS)]
 
 
+def check_method(method: str, weights: Optional[str | os.PathLike] = None) -> None:
+    """:class:`InputError` for an unknown ``method``, or ``weights`` given to one that takes none."""
+    if method not in method_names():
+        raise InputError(f"--method {method}: unknown method (available: {', '.join(method_names())})")
+    if weights is not None and (method == "auto" or method in CLASSICAL_METHODS):
+        raise InputError(f"--weights: method '{method}' takes no weights")
+
+
+def returns_linear(method: str) -> bool:
+    """Whether ``method`` always returns a linear transform (writable as ``.tfm``; the others need ``.h5``)."""
+    spec = REGISTRATION_MODELS.get(method)
+    return method in CLASSICAL_METHODS[:2] or method == ATTENTION_REG or (spec is not None and spec.kind == "affine")
+
+
 def gland_models_present() -> bool:
     """Whether the bundled gland-trus and gland-mri weights are installed (auto can predict glands)."""
     from ..segmentation.models import default_weights_path
@@ -160,12 +174,9 @@ def register(fixed: sitk.Image, moving: sitk.Image, method: str = "auto", fixed_
     Raises:
         InputError: unknown method, weights given where none are taken, one mask without the other.
     """
-    if method not in method_names():
-        raise InputError(f"--method {method}: unknown method (available: {', '.join(method_names())})")
+    check_method(method, weights)
     if (fixed_mask is None) != (moving_mask is None):
         raise InputError("--fixed-mask and --moving-mask: give both (gland-driven) or neither (image-only)")
-    if weights is not None and (method == "auto" or method in CLASSICAL_METHODS):
-        raise InputError(f"--weights: method '{method}' takes no weights")
     if method in CLASSICAL_METHODS:
         return register_classical(fixed, moving, method, fixed_mask, moving_mask)
     if method == ATTENTION_REG:
