@@ -605,7 +605,7 @@ class MRITRUSFusionLogic(ScriptedLoadableModuleLogic):
 
             with TempExchange(prefix="mritrus-fusion-pip-") as files:
                 constraints = files.input_path("constraints", "text")
-                constraints.write_text("\n".join(dependencies.pins(installed)) + "\n")
+                constraints.write_text("\n".join(dependencies.pins(installed)) + "\n", encoding="utf-8")
                 pipEnsure([Requirement(spec) for spec in others], constraints=str(constraints),
                           prompt_install=False, requester="MRITRUSFusion")
 
@@ -792,7 +792,7 @@ class MRITRUSFusionLogic(ScriptedLoadableModuleLogic):
         import json
 
         metricsPath = pathlib.Path(arguments[-1])
-        return CLIJob(description, "cpu", arguments, files, lambda: json.loads(metricsPath.read_text())).run()
+        return CLIJob(description, "cpu", arguments, files, lambda: json.loads(metricsPath.read_text(encoding="utf-8"))).run()
 
     # --- display ---------------------------------------------------------------------------------
 

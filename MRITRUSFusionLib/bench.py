@@ -796,7 +796,7 @@ def write_bench(result: Mapping[str, Any], json_path: str | os.PathLike, png_pat
     from .io import atomic_output
 
     with atomic_output(targets["json"], overwrite) as tmp:
-        tmp.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     if "png" in targets:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 

@@ -4,6 +4,7 @@ Geometry is checked against the numbers the test images are built from and, on d
 readers (nibabel for NIfTI, pynrrd for NRRD), never only against the library's own reader.
 """
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +16,8 @@ import SimpleITK as sitk
 from MRITRUSFusionLib.errors import InputError, OutputExistsError
 from MRITRUSFusionLib.io import (
     Segment, check_volume, default_segments, read_label, read_label_channels, read_seg_nrrd, read_transform,
-    read_volume, write_label, write_label_channels, write_seg_nrrd, write_volume,
+    read_points, read_volume, write_json, write_label, write_label_channels, write_points, write_seg_nrrd,
+    write_volume,
 )
 from MRITRUSFusionLib.io import volumes as volumes_module
 
@@ -392,3 +394,16 @@ def test_nifti_passed_as_transform(tmp_path):
     with pytest.raises(InputError, match="not an ITK transform file") as error:
         read_transform(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("suffix", [".mrk.json", ".csv"])
+def test_text_outputs_are_utf8_whatever_the_locale(tmp_path, ascii_locale, suffix):
+    """JSON and CSV carry non-ASCII text (μ-RegPro, target names) as UTF-8 even under an ASCII locale."""
+    write_json({"source": "μ-RegPro"}, tmp_path / "summary.json")
+    assert json.loads((tmp_path / "summary.json").read_bytes().decode("utf-8")) == {"source": "μ-RegPro"}
+    path = write_points(np.array([[1.0, -2.0, 3.5]]), ["läsion µ1"], tmp_path / f"targets{suffix}")
+    points, labels = read_points(path)
+    assert labels == ["läsion µ1"]
+    text = path.read_bytes().decode("utf-8")
+    assert "läsion µ1" in (text if suffix == ".csv" else json.dumps(json.loads(text), ensure_ascii=False))
+    np.testing.assert_allclose(points, [[1.0, -2.0, 3.5]])

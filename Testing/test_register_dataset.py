@@ -35,7 +35,8 @@ def mapped_points(path, points: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(point.tolist()) for point in points])
 
 
-def test_gland_driven_dataset_registration_recovers_the_phantom_landmarks(dataset, tmp_path, capsys):
+def test_gland_driven_dataset_registration_recovers_the_phantom_landmarks(dataset, tmp_path, capsys, ascii_locale):
+    """Also under an ASCII locale: the evaluation's summary.json holds non-ASCII text (μ-RegPro)."""
     out = tmp_path / "transforms"
     assert register("--dataset", str(dataset), "--gland-masks", "--method", "affine", "--transform-out", str(out),
                     "--warped-out", str(tmp_path / "warped")) == 0

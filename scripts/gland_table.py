@@ -54,8 +54,8 @@ def evaluate(dataset: str, cases: str, models: list[str], out: Path) -> dict:
         folder = out / f"{model}-evaluation"
         run(["evaluate", "segmentation", "--dataset", dataset, "--predictions", str(out / model),
              "--label-folder", labels, "--cases", cases, "--out", str(folder), "--overwrite"])
-        summaries[model] = json.loads((folder / "summary.json").read_text())["structures"]["foreground"]
-        with open(folder / "per_case.csv", newline="") as handle:
+        summaries[model] = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["structures"]["foreground"]
+        with open(folder / "per_case.csv", newline="", encoding="utf-8") as handle:
             summaries[model]["dice"]["min"] = min(float(row["dice"]) for row in csv.DictReader(handle))
     return summaries
 

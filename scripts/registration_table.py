@@ -170,7 +170,7 @@ def main() -> None:
                                                                  montage_cases=0)
         table.append(row_summary(label, result.summary, seconds))
         print(markdown(table[-1:]).splitlines()[-1], flush=True)
-    with open(Path(args.out) / "table.csv", "w", newline="") as handle:
+    with open(Path(args.out) / "table.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)

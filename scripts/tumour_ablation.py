@@ -142,8 +142,8 @@ def evaluate_arm(side: str, data: Path, out: Path) -> dict:
          str(out / "detection-evaluation"), "--overwrite"])
     run(["evaluate", "segmentation", "--dataset", str(data), "--predictions", str(out / "segmentations"),
          "--label-folder", f"{side}_tumour_labels", "--out", str(out / "segmentation-evaluation"), "--overwrite"])
-    detection = json.loads((out / "detection-evaluation" / "summary.json").read_text())
-    segmentation = json.loads((out / "segmentation-evaluation" / "summary.json").read_text())
+    detection = json.loads((out / "detection-evaluation" / "summary.json").read_text(encoding="utf-8"))
+    segmentation = json.loads((out / "segmentation-evaluation" / "summary.json").read_text(encoding="utf-8"))
     return {"detection": detection, "dice": segmentation["structures"]["foreground"]["dice"]}
 
 
@@ -181,7 +181,7 @@ def run_ablation(args: argparse.Namespace) -> None:
         folder = out / arm.replace(", ", "-").replace(" + ", "-").replace(" ", "-")
         segment_arm(arm, names, data, folder, Path(args.weights_dir))
         results[arm] = evaluate_arm(ARMS[arm].side, data, folder)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     positive = sum(int(sitk.GetArrayFromImage(sitk.ReadImage(str(data / "fixed_tumour_labels" / f"{n}.nii.gz")))
                        .any()) for n in names)
     for side, title in (("fixed", "TRUS (seed 000 ablation)"), ("moving", "MRI (seed 004 CSAD)")):

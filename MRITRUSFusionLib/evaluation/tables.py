@@ -51,14 +51,14 @@ def _cell(value: Any) -> Any:
 
 def _write_csv_to(rows: Sequence[Mapping[str, Any]], target: Path) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))  # union, first-seen order; absent = empty cell
-    with open(target, "w", newline="") as handle:
+    with open(target, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
 
 
 def _write_json_to(summary: Mapping[str, Any], target: Path) -> None:
-    with open(target, "w") as handle:
+    with open(target, "w", encoding="utf-8") as handle:
         json.dump(json_safe(summary), handle, indent=2, allow_nan=False, ensure_ascii=False)
         handle.write("\n")
 

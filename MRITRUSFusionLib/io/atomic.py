@@ -66,5 +66,5 @@ def write_json(content: dict, path: str | os.PathLike, overwrite: bool = True) -
     import json
 
     with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return Path(path)

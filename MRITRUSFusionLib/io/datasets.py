@@ -112,7 +112,7 @@ def manifest_cases(csv_path: str | os.PathLike) -> list[Case]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(f"manifest {csv_path}: no such file")
-    with csv_path.open(newline="") as file:
+    with csv_path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         missing = [c for c in MANIFEST_COLUMNS[:3] if c not in (reader.fieldnames or ())]
         if missing:

@@ -25,7 +25,7 @@ _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 def _read_markups(path: Path) -> tuple[np.ndarray, list[str]]:
     """Control points of every markup in a Slicer ``.mrk.json``, converted to LPS if stored in RAS."""
     try:
-        markups = json.loads(path.read_text())["markups"]
+        markups = json.loads(path.read_text(encoding="utf-8"))["markups"]
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(f"points {path}: not a Slicer markups file ({error})") from None
     positions, labels = [], []
@@ -46,7 +46,7 @@ def _read_markups(path: Path) -> tuple[np.ndarray, list[str]]:
 
 def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
     """Rows ``label,x,y,z`` (LPS mm) after a header naming those columns."""
-    with path.open(newline="") as file:
+    with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
         if missing:
@@ -107,9 +107,9 @@ def write_points(points: np.ndarray, labels: Sequence[str], path: str | os.PathL
         raise InputError(f"{path}: {len(points)} points but {len(labels)} labels")
     with atomic_output(path, overwrite) as tmp:
         if suffix == ".mrk.json":
-            tmp.write_text(json.dumps(_markups_json(points, labels), indent=2))
+            tmp.write_text(json.dumps(_markups_json(points, labels), indent=2), encoding="utf-8")
         else:
-            with tmp.open("w", newline="") as file:
+            with tmp.open("w", newline="", encoding="utf-8") as file:
                 writer = csv.writer(file)
                 writer.writerow(CSV_COLUMNS)
                 writer.writerows([label, *point.tolist()] for label, point in zip(labels, points))

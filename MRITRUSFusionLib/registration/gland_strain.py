@@ -91,7 +91,8 @@ class GlandStrain:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"model": MODEL_NAME, "format_version": FORMAT_VERSION, "frame": "LPS",
                                     "log_strain": self.log_strain.tolist(), "strain": self.matrix.tolist(),
-                                    "cases": self.cases, "report": self.report}, indent=2) + "\n")
+                                    "cases": self.cases, "report": self.report}, indent=2) + "\n",
+                        encoding="utf-8")
         return path
 
     @classmethod
@@ -103,7 +104,7 @@ class GlandStrain:
         """
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"gland-strain {path}: cannot read it ({error})") from None
         if not isinstance(values, dict) or values.get("model") != MODEL_NAME:

@@ -114,5 +114,5 @@ def write_lesions(candidates: Sequence[LesionCandidate], path: str | os.PathLike
     writer.writerow(CSV_COLUMNS)
     writer.writerows(_row(candidate) for candidate in candidates)
     with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(buffer.getvalue())
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
     return Path(path)

@@ -222,7 +222,8 @@ def _write_outputs(run: Run, target: Path, monitor: TrainingMonitor) -> None:
     save(final, target)
     with atomic_output(run.run_dir / HISTORY) as tmp:
         tmp.write_text(json.dumps({"best": run.progress.best, **run.progress.as_dict(),
-                                   "samples_per_s": monitor.samples_per_s}, indent=1) + "\n")
+                                   "samples_per_s": monitor.samples_per_s}, indent=1) + "\n",
+                       encoding="utf-8")
 
 
 def train(config: TrainingConfig | dict | str | os.PathLike, out: Optional[str | os.PathLike] = None,
