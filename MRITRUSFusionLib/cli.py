@@ -343,8 +343,9 @@ def _check_new_run(config, out: Optional[str], overwrite: bool) -> None:
     from .errors import OutputExistsError
 
     target = Path(out) if out else config.output
-    last = config.resolved_run_dir(target) / "last.pt"
-    if last.exists() and not overwrite:
+    run_dir = config.resolved_run_dir(target)
+    last = next(run_dir.glob("**/last.pt"), None) if run_dir.is_dir() else None  # ensembles: one run per member
+    if last is not None and not overwrite:
         raise OutputExistsError(f"{last}: an earlier run's checkpoint (pass --resume to go on from it, or "
                                 "--overwrite to start again)")
     _check_outputs(overwrite, str(target))

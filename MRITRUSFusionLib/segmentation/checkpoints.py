@@ -10,7 +10,10 @@ Keys (**all required**):
 * ``patch_size`` -- patch side lengths (voxels, ITK i/j/k order) used for training and sliding windows,
 * ``normalisation`` -- intensity normalisation name (see :mod:`.preprocessing`).
 
-Optional keys: ``config`` (the training configuration), ``metrics`` (validation results), ``iterations``.
+Optional keys: ``config`` (the training configuration), ``metrics`` (validation results), ``iterations``, and
+for a deep ensemble (:func:`ensemble_checkpoint`) ``ensemble_state_dicts``, the weights of the further members
+(same architecture and ``arguments``; the network then averages the class probabilities of all members), with
+``ensemble_members``, each member's seed, metrics and iterations.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from .. import __version__
 from ..errors import InputError
 from ..io import atomic_output
 
+#: Optional key of a deep ensemble: the state dicts of the members after the first (``state_dict``).
+ENSEMBLE_KEY = "ensemble_state_dicts"
+#: Entries of a member checkpoint that must agree across an ensemble's members.
+ENSEMBLE_SHARED = ("model", "arguments", "spacing_mm", "patch_size", "normalisation")
 REQUIRED_KEYS = ("model", "arguments", "state_dict", "library_version", "spacing_mm", "patch_size",
                  "normalisation")
 
@@ -93,3 +100,27 @@ def read_checkpoint(path: str | os.PathLike, expected: Optional[str] = None) -> 
     if missing:
         raise InputError(f"weights {path}: checkpoint lacks {', '.join(missing)}{wanted}")
     return checkpoint
+
+
+def ensemble_checkpoint(members: Sequence[Mapping[str, Any]]) -> dict:
+    """One checkpoint of the deep ensemble of ``members`` (two or more checkpoints of one model, trained with
+    different seeds): the first member's checkpoint plus the others' weights under :data:`ENSEMBLE_KEY` and
+    each member's ``seed``, ``metrics`` and ``iterations`` under ``ensemble_members``.
+
+    Raises:
+        InputError: fewer than two members, a member that is itself an ensemble, or members that differ in
+            an entry of :data:`ENSEMBLE_SHARED`.
+    """
+    if len(members) < 2:
+        raise InputError(f"an ensemble needs at least 2 member checkpoints, got {len(members)}")
+    first = members[0]
+    for index, member in enumerate(members):
+        if ENSEMBLE_KEY in member:
+            raise InputError(f"ensemble member {index}: already an ensemble")
+        differing = [key for key in ENSEMBLE_SHARED if member[key] != first[key]]
+        if differing:
+            raise InputError(f"ensemble member {index}: {', '.join(differing)} differ from member 0's")
+    summary = [{"seed": (member.get("config") or {}).get("seed"), "metrics": member.get("metrics"),
+                "iterations": member.get("iterations")} for member in members]
+    return {**first, ENSEMBLE_KEY: [dict(member["state_dict"]) for member in members[1:]],
+            "ensemble_members": _plain(summary)}

@@ -16,9 +16,10 @@ import torch
 
 from ..devices import fallback_allowed
 from ..errors import InputError
-from .checkpoints import read_checkpoint
+from .checkpoints import ENSEMBLE_KEY, read_checkpoint
 from .networks import build_trus_unet
 from .networks.csad import CSADNet
+from .networks.ensemble import MeanProbabilityEnsemble
 from .networks.reg_enhanced import RegEnhancedUNet
 from .networks.stacked import StackedInputs
 
@@ -234,6 +235,17 @@ def network_from_checkpoint(checkpoint: dict, path: Path, spec: ModelSpec) -> to
     return network
 
 
+def ensemble_network(checkpoint: dict, path: Path, spec: ModelSpec) -> torch.nn.Module:
+    """The network of ``checkpoint``; for a deep ensemble (:data:`.checkpoints.ENSEMBLE_KEY`) the
+    :class:`.networks.ensemble.MeanProbabilityEnsemble` of all its members."""
+    further = checkpoint.get(ENSEMBLE_KEY) or []
+    if not isinstance(further, list):
+        raise InputError(f"weights {path}: '{ENSEMBLE_KEY}' is not a list of state dicts; expected {spec.expected}")
+    members = [network_from_checkpoint({**checkpoint, "state_dict": state}, path, spec)
+               for state in [checkpoint["state_dict"], *further]]
+    return members[0] if len(members) == 1 else MeanProbabilityEnsemble(members)
+
+
 def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = None,
                device: str | torch.device = "auto") -> LoadedModel:
     """Load model ``name`` from ``weights`` (default: :func:`default_weights_path`) onto ``device``.
@@ -246,9 +258,9 @@ def load_model(name: str = "trus-unet", weights: Optional[str | os.PathLike] = N
     target = resolve_device(device)
     path, checkpoint = read_model_checkpoint(spec, weights, default_weights_path(name))
     spacing, patch = checkpoint_geometry(checkpoint, path, spec)
-    network = network_from_checkpoint(checkpoint, path, spec)
+    network = ensemble_network(checkpoint, path, spec)
     network = (spec.adapter(network) if spec.adapter else network).to(target).eval()
-    metadata = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    metadata = {key: value for key, value in checkpoint.items() if key not in ("state_dict", ENSEMBLE_KEY)}
     return LoadedModel(spec=spec, network=network, device=target, spacing_mm=spacing, patch_size=patch,
                        normalisation=str(checkpoint["normalisation"]), path=path, metadata=metadata,
                        cpu_fallback=fallback_allowed(device))

@@ -3,7 +3,7 @@
 A configuration (see ``MRITRUSFusionLib/configs/*.yaml`` and ``docs/training.md``) has the sections
 ``model``, ``loss``, ``data`` (:mod:`.data_config`), ``augmentation``, ``optimiser``, ``validation`` and
 ``phases``, plus top-level geometry (``patch_size`` in voxels, ``spacing_mm``), ``iterations``,
-``batch_size`` (the global batch, split over distributed processes), ``seed``, ``device``, ``amp``,
+``batch_size`` (the global batch, split over distributed processes), ``seed``, ``ensemble_seeds``, ``device``, ``amp``,
 ``grad_clip``, ``validate_every``, ``checkpoint_every``, ``output`` and ``run_dir``. Unknown keys are errors,
 so a typo never silently falls back to a default.
 """
@@ -205,6 +205,9 @@ class TrainingConfig(Section):
     #: Global batch: split evenly over the processes of a distributed run.
     batch_size: int = Field(2, ge=1)
     seed: int = 0
+    #: A deep ensemble (segmentation models): one full run per seed, in ``<run_dir>/seed-S``, packed into one
+    #: checkpoint whose network averages the members' class probabilities; empty: one model trained with ``seed``.
+    ensemble_seeds: list[int] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Mixed precision (CUDA only; ignored on CPU).
     amp: bool = False
@@ -237,6 +240,13 @@ class TrainingConfig(Section):
         if min(value) < 1:
             raise ValueError(f"patch_size must be positive voxel counts, got {list(value)}")
         return value
+
+    @field_validator("ensemble_seeds")
+    @classmethod
+    def _members(cls, seeds: list[int]) -> list[int]:
+        if seeds and (len(seeds) < 2 or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"an ensemble needs two or more different seeds, got {seeds}")
+        return seeds
 
     @model_validator(mode="after")
     def _phase_iterations(self) -> "TrainingConfig":

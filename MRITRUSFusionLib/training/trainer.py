@@ -257,6 +257,9 @@ def train(config: TrainingConfig | dict | str | os.PathLike, out: Optional[str |
     if config.model.name == GLAND_STRAIN:  # a closed-form fit, no optimiser loop
         from .gland_strain_fit import train_gland_strain
         return train_gland_strain(config, target)
+    if config.ensemble_seeds:  # one run per member, then one checkpoint
+        from .ensemble import train_ensemble
+        return train_ensemble(config, target, resume, stop_after, device, train)
     task = task_for(config)
     run_dir = config.resolved_run_dir(target)
     resume_path = _resume_path(resume, run_dir)
