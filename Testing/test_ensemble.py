@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 
+from MRITRUSFusionLib.cli import main
 from MRITRUSFusionLib.errors import InputError
 from MRITRUSFusionLib.phantom import generate_phantom
 from MRITRUSFusionLib.segmentation import segment_trus
@@ -100,3 +102,12 @@ def test_members_of_different_architectures_do_not_make_an_ensemble(trained, tmp
     with pytest.raises(InputError, match="already an ensemble"):
         ensemble_checkpoint([read_checkpoint(trained[0]), first])
     assert Path(trained[0]).is_file()
+
+
+def test_a_new_ensemble_run_does_not_replace_an_earlier_ones_members(tmp_path, capsys):
+    config = tiny(tmp_path, ensemble_seeds=[5, 6])
+    train(config, stop_after=1)  # member seed-5 has a last.pt, the ensemble folder no last.pt of its own
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["--progress", "none", "train", str(path)]) == 1
+    assert "seed-5" in capsys.readouterr().err
