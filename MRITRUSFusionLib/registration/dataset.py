@@ -155,11 +155,12 @@ def register_dataset(cases: Sequence[Case], method: str, out: str | os.PathLike,
                     pairs.append(_read_pair(case, gland_masks))
                 except CASE_FAILURES as error:
                     result.failed[case.name] = str(error)
-            for name, transform in (_registered(pairs, method, weights, device, state) if pairs else {}).items():
+            registered = _registered(pairs, method, weights, device, state) if pairs else {}
+            for pair in pairs:
+                transform = registered[pair.name]
                 if isinstance(transform, str):
-                    result.failed[name] = transform
+                    result.failed[pair.name] = transform
                 else:
-                    pair = next(p for p in pairs if p.name == name)
-                    result.written[name] = _write(pair, transform, method, out, warped_out)
+                    result.written[pair.name] = _write(pair, transform, method, out, warped_out)
             bar.advance(len(cases[first:first + chunk]), message=cases[first].name)
     return result

@@ -10,11 +10,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from ..errors import InputError
 from ..segmentation.checkpoints import ensemble_checkpoint, read_checkpoint
-from ..segmentation.models import ensemble_network, model_spec
+from ..segmentation.models import ensemble_network, model_spec, resolve_device
 from .state import save
 from .tasks import SegmentationTask, task_for
 
@@ -31,7 +29,7 @@ def _validation_score(config, checkpoint: dict) -> Optional[dict]:
         if not source.validation:
             return None
         spec = model_spec(config.model.name)
-        device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+        device = resolve_device(config.device)
         network = ensemble_network(checkpoint, Path("ensemble"), spec).to(device)
         return task.score(network, source.validation, config.validation.metric, task.loss_function(config.loss),
                           device)
